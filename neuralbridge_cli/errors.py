@@ -1,0 +1,74 @@
+"""One root error type for everything a user can cause, mapped to exit codes in one place.
+
+Internal bugs are *not* NeuralBridgeError: they keep their traceback.
+"""
+from __future__ import annotations
+
+
+class ExitCode:
+    """Documented process exit codes."""
+
+    OK = 0
+    FAILURE = 1  # conversion or load failure
+    USAGE = 2  # bad flags, bad input path, unknown format, missing shape...
+    MISMATCH = 3  # validation found a numeric mismatch
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class NeuralBridgeError(Exception):
+    """Root of every error the user can act on. The message is one line: what and what to do."""
+
+    exit_code = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:  # one line, with the hint appended
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(NeuralBridgeError):
+    """Bad flags or arguments: wrong syntax, missing file, unknown format, missing shape."""
+
+    exit_code = ExitCode.USAGE
+
+
+class SourceNotFoundError(UsageError):
+    """The model file, folder or import path does not exist."""
+
+
+class UnknownFormatError(UsageError):
+    """The source format could not be detected."""
+
+
+class InputSpecError(UsageError):
+    """Input shapes or dtypes are missing, malformed or do not fit the model."""
+
+
+class OutputExistsError(UsageError):
+    """The output already exists and --force was not given."""
+
+
+class MissingDependencyError(NeuralBridgeError):
+    """A framework needed for this route is not installed."""
+
+
+class LoadError(NeuralBridgeError):
+    """A model file exists but could not be loaded."""
+
+
+class ConversionError(NeuralBridgeError):
+    """Every strategy for a conversion step failed."""
+
+
+class ValidationMismatch(NeuralBridgeError):
+    """The converted model's outputs differ from the source's beyond tolerance."""
+
+    exit_code = ExitCode.MISMATCH
+
+    def __init__(self, message: str, *, report=None, output_path=None):
+        super().__init__(message)
+        self.report = report
+        self.output_path = output_path
