@@ -72,3 +72,10 @@ class ValidationMismatch(NeuralBridgeError):
         super().__init__(message)
         self.report = report
         self.output_path = output_path
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text, for one-line messages."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else text)[:limit]

@@ -44,6 +44,7 @@ class TensorSpec:
     def shape_text(self) -> str:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
 
+
     def with_dynamic_batch(self) -> "TensorSpec":
         if not self.shape:
             return self
@@ -62,8 +63,8 @@ class TensorSpec:
         return tuple(out)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "shape": [d if isinstance(d, int) else None for d in self.shape],
-                "dtype": self.dtype}
+        """JSON form; dynamic dims are null, or their symbolic name when they have one."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 def normalize_dtype(name: str) -> str:

@@ -1,0 +1,791 @@
+"""ONNX -> TensorFlow through onnx2tf, saved without Keras.
+
+Public interface::
+
+    convert_onnx_to_tf(model_proto, *, layout="keep", workdir=None, progress=None) -> TFConverted
+    save_saved_model(tf_module, path)          SavedModel with a `serving_default` signature
+    save_tflite(tf_module, path)               float32 .tflite, dynamic batch
+    run_tflite(path, inputs) -> list[np.ndarray]
+
+How it works
+------------
+1. onnx2tf builds a tf_keras Functional model from the graph (`disable_model_save=True`: it
+   writes nothing, runs no TFLite converter and no onnxsim subprocess).
+2. The model is wrapped in `TFConverted`, a `tf.Module` whose `serve` is a `tf.function` with a
+   fixed input signature (batch dimension `None`). The wrapper restores the ONNX layout of the
+   outputs (onnx2tf may return 3D/4D/5D outputs channels-last) and the ONNX dtypes.
+3. The result is checked against onnxruntime on seeded inputs (batch 2). That check also decides,
+   per output, whether a channels-last output must be transposed back. If a strategy fails or its
+   numbers differ, the next strategy is tried (see `_strategies`).
+4. `save_saved_model` saves a bare `tf.Module` holding the variables and the traced functions,
+   never the Keras model: that skips Keras' layer-metadata serialisation, which is most of
+   onnx2tf's own run time, and the SavedModel loads with plain TensorFlow.
+
+Layouts
+-------
+``layout="keep"``: every input and output has exactly the ONNX shape and layout (NCHW stays NCHW).
+``layout="nhwc"``: float inputs of rank 3/4/5 that feed convolution-like ops (images, NCW audio,
+volumes) are taken channels-last (NWC/NHWC/NDHWC); other inputs and all outputs keep the ONNX
+layout. Non-image inputs (token ids, [batch, seq, features]) are never transposed in either mode.
+
+Batch
+-----
+A dynamic ONNX batch stays dynamic (`None` in the signature). A graph with a fixed batch of 1
+(or one that onnx2tf only converts with a fixed batch) is converted at batch 1 and mapped over
+the batch with `tf.map_fn`, so the signature still has batch `None`. A fixed batch > 1 is kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import lazy
+from ..errors import ConversionError
+
+__all__ = ["convert_onnx_to_tf", "save_saved_model", "save_tflite", "run_tflite", "TFConverted"]
+
+# A conversion whose outputs differ from onnxruntime by more than this (max abs error relative to
+# max |reference|) is treated as failed and the next strategy is tried.
+ACCEPT_REL_ERROR = 1e-3
+CHECK_BATCH = 2
+CHECK_SEED = 0
+
+# ONNX ops that make a float input of rank 3-5 an image-like (channels-first) tensor.
+_SPATIAL_OPS = {
+    "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
+    "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "BatchNormalization",
+    "InstanceNormalization", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth",
+    "MaxUnpool", "RoiAlign", "GridSample", "DeformConv", "LRN",
+}
+# ops an image usually passes through before its first convolution (normalisation, casts...)
+_PASSTHROUGH_OPS = {
+    "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Clip", "Relu", "Neg", "Abs", "Pad",
+    "Sigmoid", "Tanh", "Sqrt", "Pow", "Max", "Min", "Floor", "Round", "Ceil", "Dropout",
+}
+
+# ONNX TensorProto element type -> numpy dtype
+_ONNX_NP = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+            7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+            13: np.uint64}
+
+
+# --------------------------------------------------------------------------- graph facts
+@dataclass
+class _IOInfo:
+    name: str               # ONNX name
+    key: str                # sanitised name, valid as a TF op name and signature key
+    dtype: Any              # numpy dtype of the ONNX tensor
+    shape: list             # ints, or str (dim_param) / None for dynamic dims
+    image: bool = False     # a channels-first image-like input
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def _sanitize(name: str, taken: set) -> str:
+    key = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "t"
+    if not key[0].isalpha():
+        key = "t_" + key
+    base, n = key, 1
+    while key in taken:
+        n += 1
+        key = f"{base}_{n}"
+    taken.add(key)
+    return key
+
+
+def _value_info(value, taken) -> _IOInfo:
+    ttype = value.type.tensor_type
+    dims = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or None)
+    return _IOInfo(value.name, _sanitize(value.name, taken),
+                   np.dtype(_ONNX_NP.get(ttype.elem_type, np.float32)), dims)
+
+
+def _graph_io(proto) -> tuple[list[_IOInfo], list[_IOInfo]]:
+    inits = {t.name for t in proto.graph.initializer}
+    taken: set = set()
+    inputs = [_value_info(v, taken) for v in proto.graph.input if v.name not in inits]
+    taken = set()
+    outputs = [_value_info(v, taken) for v in proto.graph.output]
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for info in inputs:
+        if info.rank in (3, 4, 5) and np.issubdtype(info.dtype, np.floating):
+            info.image = _feeds_spatial_op(info.name, consumers)
+    return inputs, outputs
+
+
+def _feeds_spatial_op(name: str, consumers: dict, depth: int = 6) -> bool:
+    """True when `name` reaches a convolution-like op through elementwise ops only."""
+    frontier, seen = [name], set()
+    for _ in range(depth):
+        nxt = []
+        for tensor in frontier:
+            for node in consumers.get(tensor, ()):
+                if node.op_type in _SPATIAL_OPS and node.input and node.input[0] == tensor:
+                    return True
+                if node.op_type in _PASSTHROUGH_OPS:
+                    for out in node.output:
+                        if out not in seen:
+                            seen.add(out)
+                            nxt.append(out)
+        frontier = nxt
+    return False
+
+
+def _gather_vocab(proto, name: str) -> int | None:
+    """Smallest table size of the Gather nodes that take `name` as indices (embedding lookups)."""
+    sizes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    found = []
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = sizes.get(node.input[0])
+            if dims and len(dims) > axis:
+                found.append(int(dims[axis]))
+    return min(found) if found else None
+
+
+def _check_inputs(proto, inputs: list[_IOInfo], batch: int) -> list[np.ndarray]:
+    """Seeded inputs in ONNX layout: batch `batch`, dynamic dims filled in, ids within vocab."""
+    rng = np.random.default_rng(CHECK_SEED)
+    params: dict[str, int] = {}
+    arrays = []
+    for info in inputs:
+        shape = []
+        for i, d in enumerate(info.shape):
+            if isinstance(d, int):
+                shape.append(d)
+                continue
+            if i == 0:
+                value = batch
+            elif isinstance(d, str) and d in params:
+                value = params[d]
+            else:
+                value = 32 if info.rank >= 4 and i >= info.rank - (info.rank - 2) else 8
+            if isinstance(d, str):
+                params.setdefault(d, value)
+            shape.append(value)
+        dtype = info.dtype
+        if np.issubdtype(dtype, np.floating):
+            arr = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            arr = rng.random(shape) > 0.5
+        elif "mask" in info.name.lower():
+            arr = np.ones(shape, dtype)
+        else:
+            high = _gather_vocab(proto, info.name) or 10
+            arr = rng.integers(0, max(1, high), size=shape).astype(dtype)
+        arrays.append(arr)
+    return arrays
+
+
+def _rel_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    a = np.asarray(actual, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if a.shape != r.shape:
+        return float("inf")
+    if r.size == 0:
+        return 0.0
+    diff = float(np.max(np.abs(a - r)))
+    scale = float(np.max(np.abs(r)))
+    if not np.isfinite(diff):
+        return float("inf")
+    return diff / scale if scale > 0 else diff
+
+
+def _ort_outputs(proto, arrays, inputs, workdir) -> list[np.ndarray] | None:
+    """Reference outputs from onnxruntime, or None when onnxruntime cannot run the graph."""
+    try:
+        ort = lazy.require("onnxruntime")
+    except Exception:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        if proto.ByteSize() < 2_000_000_000:
+            src = proto.SerializeToString()
+        else:
+            onnx = lazy.onnx()
+            src = os.path.join(workdir, "reference.onnx")
+            onnx.save(proto, src, save_as_external_data=True, location="reference.onnx.data")
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, {i.name: a for i, a in zip(inputs, arrays)})
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- the TF module
+_TFCONVERTED = None
+
+
+def _tfconverted_class():
+    """TFConverted is a tf.Module subclass, built on first use so importing this file is cheap."""
+    global _TFCONVERTED
+    if _TFCONVERTED is not None:
+        return _TFCONVERTED
+    tf = lazy.tensorflow()
+
+    class TFConverted(tf.Module):
+        """A converted model: `serve` (tf.function, dynamic batch), callable as `m(x1, x2, ...)`.
+
+        Attributes: input_names / output_names (ONNX names), input_keys / output_keys
+        (sanitised names used in signatures), input_signature (tf.TensorSpec list),
+        layout ("keep" or "nhwc"), input_layouts (per input: "onnx" or "nhwc"),
+        strategy (the onnx2tf strategy that worked), max_rel_error (check against
+        onnxruntime, None if it could not run), notes (reasons of strategies that failed).
+        """
+
+        def __init__(self, keras_model, inputs, outputs, output_perms, *, layout, map_batch,
+                     strategy, name="neuralbridge_tf"):
+            super().__init__(name=name)
+            # The variables are tracked; the Keras model is only captured by the function closure
+            # so it never enters the object graph of a SavedModel.
+            self.model_variables = list(keras_model.variables)
+            self.input_names = tuple(i.name for i in inputs)
+            self.output_names = tuple(o.name for o in outputs)
+            self.input_keys = tuple(i.key for i in inputs)
+            self.output_keys = tuple(o.key for o in outputs)
+            self.layout = layout
+            self.input_layouts = tuple(
+                "nhwc" if (layout == "nhwc" and i.image) else "onnx" for i in inputs)
+            self.strategy = strategy
+            self.max_rel_error = None
+            self.notes = ()
+            self.input_signature = [
+                tf.TensorSpec(_tf_shape(i, layout, map_batch), tf.as_dtype(i.dtype), name=i.key)
+                for i in inputs]
+            self.serve = tf.function(
+                _make_forward(tf, keras_model, inputs, outputs, output_perms, map_batch),
+                input_signature=self.input_signature, autograph=False)
+
+        def __call__(self, *args):
+            if len(args) != len(self.input_signature):
+                raise TypeError(f"expected {len(self.input_signature)} inputs "
+                                f"({', '.join(self.input_names)}), got {len(args)}")
+            tensors = [a if isinstance(a, tf.Tensor) and a.dtype == s.dtype
+                       else tf.convert_to_tensor(np.asarray(a, dtype=s.dtype.as_numpy_dtype))
+                       for a, s in zip(args, self.input_signature)]
+            return self.serve(*tensors)
+
+        def numpy_outputs(self, *args) -> list[np.ndarray]:
+            """Run the model; always a list of numpy arrays in ONNX output order."""
+            outs = self(*args)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            return [o.numpy() for o in outs]
+
+    _TFCONVERTED = TFConverted
+    return TFConverted
+
+
+def __getattr__(name):  # PEP 562: `from ...onnx_to_tf import TFConverted` builds it lazily
+    if name == "TFConverted":
+        return _tfconverted_class()
+    raise AttributeError(name)
+
+
+def _tf_shape(info: _IOInfo, layout: str, map_batch: bool) -> list:
+    dims = [d if isinstance(d, int) else None for d in info.shape]
+    if dims and (map_batch or not isinstance(info.shape[0], int)):
+        dims[0] = None
+    if layout == "nhwc" and info.image:
+        dims = [dims[0]] + dims[2:] + [dims[1]]
+    return dims
+
+
+def _make_forward(tf, keras_model, inputs, outputs, output_perms, map_batch):
+    keras_dtypes = [tf.as_dtype(t.dtype) for t in keras_model.inputs]
+    order = _keras_input_order(keras_model, inputs)
+
+    def call_keras(args):
+        feed = [None] * len(args)
+        for src, dst in enumerate(order):
+            x = args[src]
+            if x.dtype != keras_dtypes[dst]:
+                x = tf.cast(x, keras_dtypes[dst])
+            feed[dst] = x
+        outs = keras_model(feed if len(feed) > 1 else feed[0], training=False)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        result = []
+        for y, info, perm in zip(outs, outputs, output_perms):
+            if perm is not None:
+                y = tf.transpose(y, perm)
+            want = tf.as_dtype(info.dtype)
+            if y.dtype != want:
+                y = tf.cast(y, want)
+            result.append(y)
+        return result
+
+    if not map_batch:
+        def forward(*args):
+            outs = call_keras(list(args))
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        return forward
+
+    out_specs = [tf.TensorSpec(None, tf.as_dtype(o.dtype)) for o in outputs]
+
+    def forward(*args):
+        def one(sample):
+            outs = call_keras([tf.expand_dims(s, 0) for s in sample])
+            return [tf.squeeze(y, 0) for y in outs]
+        outs = tf.map_fn(one, list(args), fn_output_signature=out_specs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+    return forward
+
+
+def _keras_input_order(keras_model, inputs) -> list[int]:
+    """Position in keras_model.inputs of each ONNX input (by name, else by order)."""
+    names = [getattr(t, "name", "").split(":")[0] for t in keras_model.inputs]
+    layer_names = list(getattr(keras_model, "input_names", []) or [])
+    order = []
+    for pos, info in enumerate(inputs):
+        cands = {info.name, info.name.replace(":", "__")}
+        idx = next((k for k, n in enumerate(layer_names) if n in cands), None)
+        if idx is None:
+            idx = next((k for k, n in enumerate(names) if n in cands), pos)
+        order.append(idx)
+    if sorted(order) != list(range(len(inputs))):
+        order = list(range(len(inputs)))
+    return order
+
+
+# --------------------------------------------------------------------------- onnx2tf driving
+@dataclass
+class _Strategy:
+    name: str
+    simplify: bool = False
+    fixed_batch: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+
+def _strategies(proto, inputs) -> list[_Strategy]:
+    return [
+        _Strategy("onnx2tf"),
+        _Strategy("onnxsim+onnx2tf", simplify=True),
+        _Strategy("onnxsim+onnx2tf(no group conv, rnn unroll, non-strict)", simplify=True,
+                  kwargs={"disable_group_convolution": True, "enable_rnn_unroll": True,
+                          "disable_strict_mode": True}),
+        _Strategy("onnxsim+onnx2tf(batch 1, mapped over batch)", simplify=True, fixed_batch=True),
+    ]
+
+
+def _import_onnx2tf():
+    """Import onnx2tf without letting it switch tf.keras to legacy Keras for the whole process."""
+    import sys
+    if "onnx2tf" in sys.modules:
+        return sys.modules["onnx2tf"]
+    lazy.tensorflow()
+    saved = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        return lazy.require("onnx2tf", "convert ONNX to TensorFlow")
+    finally:
+        if saved is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = saved
+
+
+def _offline_test_images() -> np.ndarray:
+    """Stand-in for onnx2tf's download_test_image_data (an HTTP GET of 20 sample images)."""
+    rng = np.random.default_rng(CHECK_SEED)
+    return rng.random((20, 128, 128, 3), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _onnx2tf_sandbox(onnx2tf_pkg):
+    """Quiet, offline onnx2tf: stdout captured, test-image download replaced, sys.exit caught."""
+    import importlib
+    mod = importlib.import_module("onnx2tf.onnx2tf")
+    common = importlib.import_module("onnx2tf.utils.common_functions")
+    saved = (getattr(mod, "download_test_image_data", None),
+             getattr(common, "download_test_image_data", None))
+    saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    buf = io.StringIO()
+    mod.download_test_image_data = _offline_test_images
+    common.download_test_image_data = _offline_test_images
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    finally:
+        mod.download_test_image_data, common.download_test_image_data = saved
+        if saved_env is None:  # onnx2tf sets CUDA_VISIBLE_DEVICES=-1 for the whole process
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+
+
+def _name_nodes(proto):
+    """Give every node a unique name (onnx2tf names its TF ops after them)."""
+    taken = set()
+    for i, node in enumerate(proto.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if name in taken:
+            name = f"{name}_{i}"
+        taken.add(name)
+        node.name = name
+
+
+def _simplify(proto):
+    onnxsim = lazy.require("onnxsim", "simplify the ONNX graph")
+    model, ok = onnxsim.simplify(copy.deepcopy(proto))
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified graph")
+    return model
+
+
+def _fix_batch_one(proto, inputs):
+    """Copy of `proto` with dim 0 of every input set to 1 (for the batch-mapped fallback)."""
+    proto = copy.deepcopy(proto)
+    names = {i.name for i in inputs}
+    for value in proto.graph.input:
+        if value.name in names and value.type.tensor_type.shape.dim:
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = 1
+    return proto
+
+
+def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs):
+    keep_nchw = [i.name for i in inputs if i.image and layout == "keep"]
+    keep_abs = [i.name for i in inputs if i.rank >= 1 and not i.image]
+    args = dict(
+        onnx_graph=proto,
+        output_folder_path=outdir,
+        disable_model_save=True,           # we save without Keras: no SavedModel/TFLite here
+        not_use_onnxsim=True,              # onnxsim (if wanted) runs in-process before this
+        not_use_opname_auto_generate=True, # nodes are named by _name_nodes
+        non_verbose=True,
+        verbosity="error",
+        keep_ncw_or_nchw_or_ncdhw_input_names=keep_nchw or None,
+        keep_shape_absolutely_input_names=keep_abs or None,
+    )
+    args.update(kwargs)
+    with _onnx2tf_sandbox(onnx2tf_pkg) as log:
+        try:
+            return onnx2tf_pkg.convert(**args), log.getvalue()
+        except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
+            raise RuntimeError(_last_error_line(log.getvalue())
+                               or f"onnx2tf exited with status {exc.code}") from None
+        except BaseException as exc:
+            exc.onnx2tf_log = log.getvalue()
+            raise
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _last_error_line(log: str) -> str:
+    lines = [_ANSI.sub("", ln).strip() for ln in log.splitlines()]
+    errs = [ln for ln in lines if ln.startswith("ERROR:") and "trace log" not in ln
+            and "Read this" not in ln and "Alternatively" not in ln and "If the input OP" not in ln
+            and "Also, for models" not in ln]
+    return errs[-1][len("ERROR:"):].strip() if errs else ""
+
+
+def _describe_failure(exc: BaseException, proto) -> str:
+    """One line: the ONNX node (name and op type) where onnx2tf stopped, and the error."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = lines[0] if lines else text
+    for ln in lines:  # TF shape errors put the useful part on the first line already
+        if "Dimensions must be" in ln or "Incompatible shapes" in ln:
+            msg = ln
+            break
+    msg = re.sub(r"\s+", " ", msg)[:300]
+    op_name = getattr(exc, "onnx_op_name", None)
+    if not op_name:
+        log = getattr(exc, "onnx2tf_log", "")
+        found = re.findall(r"onnx_op_name: (\S+)", _ANSI.sub("", log))
+        op_name = found[-1] if found else None
+    if op_name:
+        op_type = next((n.op_type for n in proto.graph.node if n.name == op_name), None)
+        where = f"{op_type} node '{op_name}'" if op_type else f"node '{op_name}'"
+        return f"{where}: {type(exc).__name__}: {msg}"
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _pick_output_perms(tf_outs, refs, outputs):
+    """Per output: None or the perm that turns onnx2tf's layout back into the ONNX one."""
+    perms, errors = [], []
+    for y, ref, info in zip(tf_outs, refs, outputs):
+        y = np.asarray(y)
+        cands = [None]
+        r = y.ndim
+        if r in (3, 4, 5):
+            cands.append([0, r - 1] + list(range(1, r - 1)))
+        best, best_err = None, float("inf")
+        for perm in cands:
+            z = y if perm is None else np.transpose(y, perm)
+            if ref is not None:
+                err = _rel_error(z, ref)
+            else:  # no reference: trust the declared ONNX shape
+                err = 0.0 if _shape_fits(z.shape, info.shape) else float("inf")
+            if err < best_err:
+                best, best_err = perm, err
+        perms.append(best)
+        errors.append(best_err)
+    return perms, errors
+
+
+def _shape_fits(shape, declared) -> bool:
+    if len(shape) != len(declared):
+        return False
+    return all(not isinstance(d, int) or d == s for s, d in zip(shape, declared))
+
+
+def _to_tf_layout(arrays, inputs, layout):
+    out = []
+    for a, info in zip(arrays, inputs):
+        if layout == "nhwc" and info.image:
+            a = np.transpose(a, [0] + list(range(2, a.ndim)) + [1])
+        out.append(a)
+    return out
+
+
+def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None = None,
+                       progress: Callable[[str], None] | None = None):
+    """Convert an onnx.ModelProto into a TFConverted (tf.Module with a `serve` tf.function).
+
+    layout="keep": same input/output arrays as the ONNX model. layout="nhwc": image-like
+    inputs are taken channels-last; outputs keep the ONNX layout. Raises ConversionError
+    naming the failing ONNX node when every strategy fails.
+    """
+    if layout not in ("keep", "nhwc"):
+        raise ValueError(f"layout must be 'keep' or 'nhwc', not {layout!r}")
+    say = progress or (lambda msg: None)
+    inputs, outputs = _graph_io(model_proto)
+    if not outputs:
+        raise ConversionError("the ONNX graph has no outputs")
+
+    tf = lazy.tensorflow()
+    onnx2tf_pkg = _import_onnx2tf()
+    cls = _tfconverted_class()
+
+    own_dir = workdir is None
+    workdir = tempfile.mkdtemp(prefix="nb-onnx2tf-") if own_dir else workdir
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        fixed_one = bool(inputs) and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
+        batch = 1 if any(i.rank >= 1 and isinstance(i.shape[0], int) for i in inputs) else CHECK_BATCH
+        if fixed_one:
+            batch = CHECK_BATCH  # the batch-1 graph is mapped over the batch
+        check_arrays = _check_inputs(model_proto, inputs, batch)
+        say("running onnxruntime for reference outputs")
+        if fixed_one:
+            ref_arrays = _check_inputs(model_proto, inputs, 1)
+            refs = None
+            parts = [_ort_outputs(model_proto, [a[k:k + 1] for a in check_arrays], inputs, workdir)
+                     for k in range(batch)]
+            if all(p is not None for p in parts):
+                refs = [np.concatenate([p[j] for p in parts], 0) for j in range(len(outputs))]
+            del ref_arrays
+        else:
+            refs = _ort_outputs(model_proto, check_arrays, inputs, workdir)
+        if refs is None:
+            say("onnxruntime could not run the graph: outputs checked by shape only")
+
+        base = copy.deepcopy(model_proto)
+        _name_nodes(base)
+        simplified = None
+        failures: list[str] = []
+        best = None
+        for strat in _strategies(base, inputs):
+            t0 = time.perf_counter()
+            say(f"converting with {strat.name}")
+            try:
+                graph = base
+                if strat.simplify:
+                    if simplified is None:
+                        simplified = _simplify(base)
+                        _name_nodes(simplified)
+                    graph = simplified
+                map_batch = fixed_one or strat.fixed_batch
+                if strat.fixed_batch and not fixed_one:
+                    graph = _fix_batch_one(graph, inputs)
+                outdir = os.path.join(workdir, "onnx2tf")
+                keras_model, _ = _run_onnx2tf(onnx2tf_pkg, graph, inputs, layout, outdir,
+                                              strat.kwargs)
+            except Exception as exc:
+                reason = _describe_failure(exc, base if not strat.simplify or simplified is None
+                                           else simplified)
+                failures.append(f"{strat.name}: {reason}")
+                say(f"{strat.name} failed: {reason}")
+                continue
+            try:
+                module = _wrap_and_check(cls, tf, keras_model, inputs, outputs, layout, map_batch,
+                                         strat.name, check_arrays, refs)
+            except Exception as exc:
+                reason = f"the converted graph does not run: {_describe_failure(exc, base)}"
+                failures.append(f"{strat.name}: {reason}")
+                say(f"{strat.name} failed: {reason}")
+                continue
+            err = module.max_rel_error
+            say(f"{strat.name}: {time.perf_counter() - t0:.1f} s, max rel error "
+                f"{'n/a' if err is None else f'{err:.2e}'}")
+            if err is None or err <= ACCEPT_REL_ERROR:
+                module.notes = tuple(failures)
+                return module
+            failures.append(f"{strat.name}: outputs differ from onnxruntime (max rel error {err:.2e})")
+            if best is None or err < best.max_rel_error:
+                best = module
+        if best is not None:
+            say(f"no strategy matched onnxruntime within {ACCEPT_REL_ERROR:g}; "
+                f"keeping {best.strategy} (max rel error {best.max_rel_error:.2e})")
+            best.notes = tuple(failures)
+            return best
+        last = failures[-1].split(": ", 1)[-1] if failures else "unknown error"
+        first = failures[0].split(": ", 1)[-1] if failures else last
+        detail = first if first == last else f"{first}; last attempt: {last}"
+        raise ConversionError(f"onnx2tf could not convert the graph: {detail}",
+                              hint=f"{len(failures)} strategies tried")
+    finally:
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            shutil.rmtree(os.path.join(workdir, "onnx2tf"), ignore_errors=True)
+
+
+def _wrap_and_check(cls, tf, keras_model, inputs, outputs, layout, map_batch, strategy,
+                    check_arrays, refs):
+    tf_arrays = _to_tf_layout(check_arrays, inputs, layout)
+    # one eager run of the Keras model decides the output layouts
+    probe = cls(keras_model, inputs, outputs, [None] * len(outputs), layout=layout,
+                map_batch=map_batch, strategy=strategy)
+    raw = probe.numpy_outputs(*tf_arrays)
+    perms, errors = _pick_output_perms(raw, refs or [None] * len(outputs), outputs)
+    if any(p is not None for p in perms):
+        module = cls(keras_model, inputs, outputs, perms, layout=layout, map_batch=map_batch,
+                     strategy=strategy)
+    else:
+        module = probe
+    if refs is not None:
+        module.max_rel_error = float(max(errors)) if errors else 0.0
+    return module
+
+
+# --------------------------------------------------------------------------- saving
+def _export_module(tf, tf_module, *, dict_outputs: bool):
+    """A bare tf.Module with the variables and the serving functions (no Keras objects)."""
+    export = tf.Module(name="neuralbridge_export")
+    export.model_variables = list(tf_module.model_variables)
+    serve = tf_module.serve
+    keys = list(tf_module.output_keys)
+
+    def signature_fn(*args):
+        outs = serve(*args)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        return {k: tf.identity(v, name=k) for k, v in zip(keys, outs)}
+
+    export.serve = serve
+    export.__call__ = serve
+    export.signature = tf.function(signature_fn, input_signature=tf_module.input_signature,
+                                   autograph=False)
+    return export
+
+
+def save_saved_model(tf_module, path: str) -> str:
+    """Write a SavedModel folder: `serving_default` (outputs keyed by sanitised ONNX output
+    names), plus `serve` and `__call__` (outputs as a tensor or a tuple, ONNX order).
+    Loading it needs plain TensorFlow only."""
+    tf = lazy.tensorflow()
+    export = _export_module(tf, tf_module, dict_outputs=True)
+    try:
+        tf.saved_model.save(
+            export, str(path),
+            signatures={"serving_default": export.signature.get_concrete_function()},
+            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    except Exception as exc:
+        raise ConversionError(f"could not write the SavedModel: {_one_line(exc)}") from exc
+    return str(path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return re.sub(r"\s+", " ", text.splitlines()[0])[:300]
+
+
+def save_tflite(tf_module, path: str) -> str:
+    """Write a float32 .tflite of `serve` (batch dimension dynamic: resize inputs before use,
+    as run_tflite does). Falls back to TF Select ops when a TF op has no TFLite builtin; such a
+    file needs an interpreter with the Flex delegate (tf.lite.Interpreter of full TensorFlow)."""
+    tf = lazy.tensorflow()
+    concrete = tf_module.serve.get_concrete_function()
+    errors = []
+    for ops in ([tf.lite.OpsSet.TFLITE_BUILTINS],
+                [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]):
+        try:
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_module)
+            converter.target_spec.supported_ops = ops
+            with _quiet_fds():
+                blob = converter.convert()
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            return str(path)
+        except Exception as exc:
+            errors.append(_one_line(exc))
+    raise ConversionError(f"TFLite conversion failed: {errors[-1]}")
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence the MLIR converter's C++ chatter on stderr unless NEURALBRIDGE_VERBOSE=1."""
+    if os.environ.get("NEURALBRIDGE_VERBOSE") == "1":
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _tflite_interpreter(path: str):
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the maintained TFLite runtime
+        return Interpreter(model_path=str(path))
+    except Exception:
+        tf = lazy.tensorflow()
+        return tf.lite.Interpreter(model_path=str(path))
+
+
+def run_tflite(path: str, inputs: list) -> list[np.ndarray]:
+    """Run a .tflite on `inputs` (in model input order), resizing to their shapes (batch)."""
+    interp = _tflite_interpreter(path)
+    details = interp.get_input_details()
+    if len(details) != len(inputs):
+        raise ValueError(f"the TFLite model takes {len(details)} inputs, got {len(inputs)}")
+    for d, x in zip(details, inputs):
+        x = np.asarray(x)
+        if list(d["shape"]) != list(x.shape):
+            interp.resize_tensor_input(d["index"], list(x.shape), strict=False)
+    interp.allocate_tensors()
+    for d, x in zip(interp.get_input_details(), inputs):
+        interp.set_tensor(d["index"], np.asarray(x, dtype=d["dtype"]))
+    interp.invoke()
+    return [np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()]

@@ -1,0 +1,418 @@
+"""TensorFlow / Keras backend: SavedModel, .keras, .h5 and .tflite; export through tf2onnx."""
+from __future__ import annotations
+
+import io
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+from .. import lazy
+from ..errors import first_line, ConversionError, LoadError, UsageError
+from ..model import ModelHandle
+from ..specs import TensorSpec
+
+DEFAULT_ONNX_OPSET = 17
+
+
+def _tf():
+    return lazy.tensorflow()
+
+
+# ---------------------------------------------------------------- loading
+def load(source: str, fmt, options) -> ModelHandle:
+    path = Path(source)
+    loaders = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_saved_model,
+               "tflite": _load_tflite}
+    return loaders[fmt.name](path, options)
+
+
+def _load_keras(path: Path, options) -> ModelHandle:
+    keras = lazy.require("keras", "load Keras models")
+    try:
+        model = keras.saving.load_model(str(path), compile=False,
+                                        safe_mode=not options.unsafe_keras)
+    except Exception as exc:
+        text = first_line(exc)
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise LoadError(f"{path} contains Python code (a Lambda layer); refusing to run it",
+                            hint="if you trust its author, pass --unsafe-keras") from exc
+        raise LoadError(f"cannot load Keras model {path}: {text}") from exc
+    return keras_handle(model, "keras", str(path))
+
+
+def _load_h5(path: Path, options) -> ModelHandle:
+    keras = lazy.require("keras", "load Keras models")
+    try:
+        model = keras.saving.load_model(str(path), compile=False,
+                                        safe_mode=not options.unsafe_keras)
+    except Exception as first:
+        try:  # models written by Keras 2 (tf_keras) with layers Keras 3 cannot read
+            tf_keras = lazy.require("tf_keras")
+            model = tf_keras.models.load_model(str(path), compile=False)
+        except Exception:
+            raise LoadError(f"cannot load HDF5 model {path}: {first_line(first)}",
+                            hint="a weights-only .h5 needs the model code; save the whole model") from first
+    return keras_handle(model, "h5", str(path))
+
+
+def keras_handle(model, fmt: str, source: str | None) -> ModelHandle:
+    inputs = [_keras_tensor_spec(t, getattr(t, "name", f"input_{i}"))
+              for i, t in enumerate(model.inputs)]
+    names = list(getattr(model, "output_names", None) or [])
+    outputs = [_keras_tensor_spec(t, names[i] if i < len(names) else f"output_{i}")
+               for i, t in enumerate(model.outputs)]
+    name = Path(source).stem if source else model.name
+    return ModelHandle("tf", model, fmt, name, inputs=inputs, outputs=outputs, source=source)
+
+
+def _keras_tensor_spec(tensor, name: str) -> TensorSpec:
+    shape = tuple(None if d is None else int(d) for d in tensor.shape)
+    dtype = tensor.dtype if isinstance(tensor.dtype, str) else tensor.dtype.name
+    return TensorSpec(_clean_name(name), shape, dtype)
+
+
+def _clean_name(name: str) -> str:
+    return name.split(":")[0]
+
+
+def _load_saved_model(path: Path, options) -> ModelHandle:
+    tf = _tf()
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise LoadError(f"cannot load SavedModel {path}: {first_line(exc)}") from exc
+    return saved_model_handle(loaded, str(path))
+
+
+def saved_model_handle(loaded, source: str | None) -> ModelHandle:
+    signature = _serving_signature(loaded)
+    if signature is None:
+        raise LoadError(f"SavedModel {source} has no serving signature",
+                        hint="save it with a signature (tf.saved_model.save(..., signatures=...))")
+    arg_names = list(getattr(signature, "_arg_keywords", None) or [])
+    specs_by_name = signature.structured_input_signature[1]
+    arg_names = arg_names or sorted(specs_by_name)
+    inputs = [_tf_spec(specs_by_name[n], n) for n in arg_names]
+    out_struct = signature.structured_outputs
+    out_names = _output_order(loaded, out_struct)
+    outputs = [_tf_spec(out_struct[n], n) for n in out_names]
+    name = Path(source).name if source else "SavedModel"
+    handle = ModelHandle("tf", SavedModelRunner(signature, arg_names, out_names), "savedmodel",
+                         name, inputs=inputs, outputs=outputs, source=source)
+    handle.saved_object = loaded
+    return handle
+
+
+def _serving_signature(loaded):
+    signatures = getattr(loaded, "signatures", {}) or {}
+    if "serving_default" in signatures:
+        return signatures["serving_default"]
+    return next(iter(signatures.values()), None)
+
+
+def _output_order(loaded, out_struct) -> list[str]:
+    """Signature outputs are a dict; ours record their order in `output_order`."""
+    order = getattr(loaded, "output_order", None)
+    if order is not None:
+        try:
+            names = [n.decode() for n in order.numpy().tolist()]
+            if sorted(names) == sorted(out_struct):
+                return names
+        except Exception:
+            pass
+    return sorted(out_struct)
+
+
+class SavedModelRunner:
+    """Calls a SavedModel signature positionally and returns outputs in a fixed order."""
+
+    def __init__(self, signature, arg_names, out_names):
+        self.signature = signature
+        self.arg_names = arg_names
+        self.out_names = out_names
+
+    def __call__(self, *args):
+        result = self.signature(**dict(zip(self.arg_names, args)))
+        outs = tuple(result[n] for n in self.out_names)
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _tf_spec(spec, name: str) -> TensorSpec:
+    shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
+    return TensorSpec(_clean_name(name), shape, spec.dtype.name)
+
+
+def _load_tflite(path: Path, options) -> ModelHandle:
+    interpreter = _tflite_interpreter(str(path))
+    inputs = [TensorSpec(d["name"], _tflite_shape(d), _np_name(d["dtype"]))
+              for d in interpreter.get_input_details()]
+    outputs = [TensorSpec(d["name"], _tflite_shape(d), _np_name(d["dtype"]))
+               for d in interpreter.get_output_details()]
+    return ModelHandle("tf", TFLiteRunner(str(path)), "tflite", path.stem,
+                       inputs=inputs, outputs=outputs, source=str(path))
+
+
+def _tflite_interpreter(path: str):
+    tf = _tf()
+    try:
+        interpreter = tf.lite.Interpreter(model_path=path)
+    except Exception as exc:
+        raise LoadError(f"cannot load TFLite model {path}: {first_line(exc)}") from exc
+    return interpreter
+
+
+def _tflite_shape(detail) -> tuple:
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    return tuple(None if int(d) < 0 else int(d) for d in dims)
+
+
+def _np_name(dtype) -> str:
+    import numpy as np
+
+    return np.dtype(dtype).name
+
+
+class TFLiteRunner:
+    """Runs a .tflite file; resizes inputs to the batch given."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.interpreter = _tflite_interpreter(path)
+        self._shapes = None
+
+    def __call__(self, *arrays):
+        import numpy as np
+
+        it = self.interpreter
+        details = it.get_input_details()
+        shapes = [tuple(np.shape(a)) for a in arrays]
+        if shapes != self._shapes:
+            for d, shape in zip(details, shapes):
+                it.resize_tensor_input(d["index"], list(shape))
+            it.allocate_tensors()
+            self._shapes = shapes
+        for d, a in zip(details, arrays):
+            it.set_tensor(d["index"], np.asarray(a, dtype=d["dtype"]))
+        it.invoke()
+        outs = tuple(it.get_tensor(d["index"]).copy() for d in it.get_output_details())
+        return outs[0] if len(outs) == 1 else outs
+
+
+def wrap(obj, name=None, source=None, fmt="live"):
+    keras = sys.modules.get("keras")
+    tf = sys.modules.get("tensorflow")
+    if keras is not None and isinstance(obj, keras.Model):
+        handle = keras_handle(obj, fmt, source)
+        handle.name = name or type(obj).__name__
+        return handle
+    tf_keras = sys.modules.get("tf_keras")
+    if tf_keras is not None and isinstance(obj, tf_keras.Model):
+        handle = keras_handle(obj, fmt, source)
+        handle.name = name or type(obj).__name__
+        return handle
+    if tf is not None and isinstance(obj, tf.Module):
+        if _serving_signature(obj) is not None:
+            return saved_model_handle(obj, source)
+        specs = _module_call_specs(obj)
+        if specs is not None:
+            return ModelHandle("tf", obj, fmt, name or type(obj).__name__, inputs=specs,
+                               source=source)
+    return None
+
+
+def _module_call_specs(module):
+    """Input specs of a tf.Module whose __call__ is a tf.function with an input_signature."""
+    call = getattr(module, "__call__", None)
+    signature = getattr(call, "input_signature", None)
+    if not signature:
+        return None
+    return [_tf_spec(s, s.name or f"input_{i}") for i, s in enumerate(signature)]
+
+
+def input_specs(handle: ModelHandle):
+    return handle.inputs
+
+
+# ---------------------------------------------------------------- running
+def run(handle: ModelHandle, arrays: list) -> list:
+    tf = _tf()
+    obj = handle.obj
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(obj, keras.Model):
+        result = obj(list(arrays) if len(arrays) > 1 else arrays[0], training=False)
+    elif isinstance(obj, TFLiteRunner):
+        result = obj(*arrays)
+    else:
+        result = obj(*[tf.convert_to_tensor(a) for a in arrays])
+    return flatten_outputs(result, handle.output_names)
+
+
+def flatten_outputs(result, names=None) -> list:
+    import numpy as np
+
+    if isinstance(result, dict):
+        keys = [n for n in names or [] if n in result] or list(result)
+        return [np.asarray(result[k]) for k in keys]
+    if isinstance(result, (list, tuple)):
+        out = []
+        for item in result:
+            out.extend(flatten_outputs(item))
+        return out
+    return [np.asarray(result)]
+
+
+# ---------------------------------------------------------------- to ONNX
+def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
+    """Yield (strategy, ModelProto) from tf2onnx (a TFLite file goes through from_tflite)."""
+    tf2onnx = lazy.require("tf2onnx", "convert TensorFlow models to ONNX")
+    opset = options.opset or DEFAULT_ONNX_OPSET
+    options.progress(f"converting to ONNX with tf2onnx (opset {opset})")
+    try:
+        with redirect_stdout(io.StringIO()):
+            if isinstance(handle.obj, TFLiteRunner):
+                proto, _ = tf2onnx.convert.from_tflite(handle.obj.path, opset=opset)
+            else:
+                function, signature = _as_tf_function(handle, specs)
+                proto, _ = tf2onnx.convert.from_function(function, input_signature=signature,
+                                                         opset=opset)
+    except Exception as exc:
+        raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
+    _rename_graph_io(proto, [s.name for s in specs], handle.output_names)
+    yield "tf2onnx", proto
+
+
+def _as_tf_function(handle: ModelHandle, specs):
+    tf = _tf()
+    signature = [tf.TensorSpec([d if isinstance(d, int) else None for d in s.shape],
+                               tf.as_dtype(s.dtype), name=s.name) for s in specs]
+    obj = handle.obj
+    keras = sys.modules.get("keras")
+    is_keras = keras is not None and isinstance(obj, keras.Model)
+
+    @tf.function(input_signature=signature)
+    def call(*args):
+        if is_keras:
+            return obj(list(args) if len(args) > 1 else args[0], training=False)
+        return obj(*args)
+
+    return call, signature
+
+
+def _rename_graph_io(proto, input_names, output_names) -> None:
+    """Give graph inputs/outputs the model's own names instead of tf2onnx's `Identity:0`."""
+    renames = {}
+    for value, name in zip(proto.graph.input, input_names):
+        if name and value.name != name:
+            renames[value.name] = name
+    for value, name in zip(proto.graph.output, output_names or []):
+        if name and value.name != name:
+            renames[value.name] = name
+    if not renames:
+        return
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+
+
+# ---------------------------------------------------------------- from ONNX / save
+def from_onnx(proto, specs, options, target: str = "tf") -> ModelHandle:
+    """ONNX -> a Keras 3 model for keras/h5 targets, else a tf.Module through onnx2tf."""
+    if target in ("keras", "h5"):
+        from . import onnx_to_keras
+
+        model = onnx_to_keras.convert_onnx_to_keras(proto, layout=options.layout,
+                                                    progress=options.progress)
+        handle = keras_handle(model, "live", None)
+        handle.name = type(model).__name__
+    else:
+        from . import onnx_to_tf
+
+        module = onnx_to_tf.convert_onnx_to_tf(proto, layout=options.layout,
+                                               progress=options.progress)
+        handle = ModelHandle("tf", module, "live", type(module).__name__, inputs=list(specs))
+    handle.input_perms = _layout_perms(specs, handle.inputs, options.layout)
+    return handle
+
+
+def _layout_perms(source_specs, target_specs, layout: str) -> dict[int, tuple[int, ...]]:
+    """Which inputs the target takes channels-last (only with --layout nhwc)."""
+    if layout != "nhwc" or not target_specs:
+        return {}
+    perms = {}
+    for i, (src, dst) in enumerate(zip(source_specs, target_specs)):
+        if src.rank >= 3 and src.rank == dst.rank and src.shape[1:] != dst.shape[1:]:
+            perms[i] = (0,) + tuple(range(2, src.rank)) + (1,)
+    return perms
+
+
+def save(handle: ModelHandle, path: str, target: str, options) -> str:
+    obj = handle.obj
+    keras = sys.modules.get("keras")
+    is_keras3 = keras is not None and isinstance(obj, keras.Model)
+    if target == "tflite":
+        return _save_tflite(handle, path)
+    if target in ("keras", "h5"):
+        if not is_keras3:
+            raise UsageError(f"cannot write {target} from a {type(obj).__name__}",
+                             hint="convert from the ONNX or source model with --to keras")
+        if options.weights_only:
+            obj.save_weights(path if path.endswith(".weights.h5") else path)
+            return "weights"
+        from . import onnx_to_keras
+
+        (onnx_to_keras.save_h5 if target == "h5" else onnx_to_keras.save_keras)(obj, path)
+        return target
+    return _save_saved_model(handle, path, is_keras3)
+
+
+def _save_saved_model(handle: ModelHandle, path: str, is_keras3: bool) -> str:
+    obj = handle.obj
+    if is_keras3:
+        with redirect_stdout(io.StringIO()):
+            obj.export(path, format="tf_saved_model", verbose=False)
+        return "savedmodel"
+    if getattr(handle, "saved_object", None) is not None:
+        tf = _tf()
+        tf.saved_model.save(handle.saved_object, path)
+        return "savedmodel"
+    from . import onnx_to_tf
+
+    onnx_to_tf.save_saved_model(obj, path)
+    return "savedmodel"
+
+
+def _save_tflite(handle: ModelHandle, path: str) -> str:
+    from . import onnx_to_tf
+
+    obj = handle.obj
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(obj, keras.Model) or getattr(handle, "saved_object", None):
+        tf = _tf()
+        function, _ = _as_tf_function(handle, handle.inputs)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [function.get_concrete_function()], obj if hasattr(obj, "trainable_variables") else None)
+        Path(path).write_bytes(converter.convert())
+        return "tflite"
+    onnx_to_tf.save_tflite(obj, path)
+    return "tflite"
+
+
+def describe(handle: ModelHandle) -> dict:
+    obj = handle.obj
+    params = 0
+    variables = getattr(obj, "weights", None) or getattr(obj, "variables", None)
+    if variables is None and getattr(handle, "saved_object", None) is not None:
+        variables = getattr(handle.saved_object, "variables", None)
+    if variables:
+        import numpy as np
+
+        params = int(sum(np.prod(v.shape) for v in variables))
+    return {"class": f"{type(obj).__module__}.{type(obj).__name__}", "parameters": params}
+

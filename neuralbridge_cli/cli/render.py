@@ -1,0 +1,94 @@
+"""Rich rendering of results (stdout)."""
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from .output import stdout
+
+
+def validation_table(report, title: str = "Validation") -> Table:
+    table = Table(title=f"{title} (batch {report.batch}, seeded inputs)", title_justify="left")
+    table.add_column("output")
+    table.add_column("shape")
+    table.add_column("max abs error", justify="right")
+    table.add_column("rel. to scale", justify="right")
+    table.add_column("scale", justify="right")
+    table.add_column("result")
+    for row in report.outputs:
+        result = "[green]pass[/green]" if row.passed else "[bold red]FAIL[/bold red]"
+        table.add_row(escape(row.name), "x".join(map(str, row.shape)), f"{row.max_abs_error:.3g}",
+                      f"{row.max_rel_error:.3g}", f"{row.scale:.3g}",
+                      result + (f" [dim]({row.note})[/dim]" if row.note else ""))
+    table.caption = f"pass when max abs error <= atol {report.atol:g} + rtol {report.rtol:g} x scale"
+    return table
+
+
+def specs_table(title: str, specs) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("name")
+    table.add_column("shape")
+    table.add_column("dtype")
+    for spec in specs or []:
+        table.add_row(escape(spec.name), escape(spec.shape_text()), spec.dtype)
+    return table
+
+
+def conversion(result) -> None:
+    src = result.source
+    stdout.print(f"[bold]{src.name}[/bold] ({src.format}, {src.framework}) -> "
+                 f"[bold]{result.target_name}[/bold] via {' -> '.join(result.route)}"
+                 + (f" [dim](exporter: {result.strategy})[/dim]" if result.strategy else ""))
+    for note in result.notes:
+        stdout.print(f"[dim]note: {note}[/dim]", highlight=False)
+    stdout.print(specs_table("Inputs", src.inputs))
+    if result.target.input_perms:
+        stdout.print("[yellow]layout: the converted model takes channels-last (NHWC) inputs "
+                     "for: " + ", ".join(src.inputs[i].name for i in result.target.input_perms)
+                     + "[/yellow]")
+    if result.report is not None:
+        stdout.print(validation_table(result.report))
+    else:
+        stdout.print("[yellow]validation skipped (--no-validate)[/yellow]")
+    if result.output:
+        stdout.print(f"saved {result.saved_format} -> [bold]{result.output}[/bold]")
+    if result.onnx_path:
+        stdout.print(f"saved onnx -> {result.onnx_path}")
+    stdout.print(f"[dim]{result.seconds:.1f} s[/dim]")
+
+
+def description(info: dict) -> None:
+    stdout.print(f"[bold]{info['path']}[/bold]: {info['format_description']} "
+                 f"({info['framework']})")
+    for key in ("class", "opset", "producer", "parameters", "size"):
+        if info.get(key) not in (None, ""):
+            value = info[key]
+            if key == "parameters":
+                value = f"{value:,}"
+            if key == "size":
+                value = _human_size(value)
+            stdout.print(f"  {key:<11} {value}")
+    from ..specs import TensorSpec
+
+    stdout.print(specs_table("Inputs", [TensorSpec(**_spec_args(s)) for s in info["inputs"]]))
+    stdout.print(specs_table("Outputs", [TensorSpec(**_spec_args(s)) for s in info["outputs"]]))
+    if info.get("ops"):
+        table = Table(title="Ops", title_justify="left")
+        table.add_column("op")
+        table.add_column("count", justify="right")
+        for op, count in info["ops"].items():
+            table.add_row(op, str(count))
+        stdout.print(table)
+
+
+def _spec_args(spec: dict) -> dict:
+    return {"name": spec["name"], "shape": tuple(spec["shape"]), "dtype": spec["dtype"]}
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(size)

@@ -1,0 +1,302 @@
+"""The one-way data flow: detect -> load -> input specs -> route -> save -> validate -> report.
+
+Every entry point (CLI commands and the Python API) goes through these functions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import formats
+from .atomic import atomic_output, check_output
+from .backends import backend
+from .errors import ConversionError, InputSpecError, NeuralBridgeError, UsageError, first_line
+from .model import ModelHandle
+from .options import Options
+from .specs import DEFAULT_BATCH, TensorSpec, dummy_inputs, fixed_batch, reconcile
+from .validate import ValidationReport, check, compare_outputs
+
+
+@dataclass(frozen=True)
+class Target:
+    """A conversion target: the framework it runs in and the artifact it writes."""
+
+    name: str
+    framework: str
+    suffix: str  # file suffix, or a folder suffix for SavedModel
+    description: str
+
+
+TARGETS = {t.name: t for t in (
+    Target("onnx", "onnx", ".onnx", "ONNX model"),
+    Target("torch", "torch", ".pt2", "PyTorch ExportedProgram (.pt2; TorchScript .pt if export fails)"),
+    Target("torchscript", "torch", ".pt", "TorchScript archive"),
+    Target("tf", "tf", ".savedmodel", "TensorFlow SavedModel folder"),
+    Target("keras", "tf", ".keras", "Keras 3 archive"),
+    Target("h5", "tf", ".h5", "Keras HDF5 file"),
+    Target("tflite", "tf", ".tflite", "TensorFlow Lite (float32)"),
+)}
+# with no --to, a model goes to "the other" framework
+DEFAULT_TARGET = {"torch": "tf", "tf": "torch", "onnx": "tf"}
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion did, for the report and the API."""
+
+    source: ModelHandle
+    target: ModelHandle
+    target_name: str
+    output: str | None = None
+    saved_format: str | None = None
+    route: list[str] = field(default_factory=list)
+    strategy: str | None = None
+    report: ValidationReport | None = None
+    onnx_path: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "source": {"path": self.source.source, "format": self.source.format,
+                       "framework": self.source.framework, "name": self.source.name},
+            "target": self.target_name,
+            "output": self.output,
+            "saved_format": self.saved_format,
+            "route": self.route,
+            "strategy": self.strategy,
+            "inputs": [s.as_dict() for s in self.source.inputs or []],
+            "validation": self.report.as_dict() if self.report else None,
+            "onnx": self.onnx_path,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------- steps
+def target_for(name: str | None, source_framework: str) -> Target:
+    name = name or DEFAULT_TARGET[source_framework]
+    aliases = {"pytorch": "torch", "pt2": "torch", "savedmodel": "tf", "tensorflow": "tf",
+               "saved_model": "tf"}
+    name = aliases.get(name, name)
+    if name not in TARGETS:
+        raise UsageError(f"unknown target {name!r}", hint=f"use one of: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def target_from_suffix(output: str) -> str | None:
+    """Guess --to from an output name (model.onnx -> onnx); None when it says nothing."""
+    suffix = Path(output).suffix.lower()
+    by_suffix = {t.suffix: t.name for t in TARGETS.values()}
+    return by_suffix.get(suffix)
+
+
+def load_source(source: Any, options: Options) -> ModelHandle:
+    """Detect the format of a path / import path and load it, or adopt a live model object."""
+    if isinstance(source, ModelHandle):
+        return source
+    if isinstance(source, (str, Path)):
+        fmt = formats.detect(str(source), options.source_format)
+        options.progress(f"loading {source} ({fmt.description})")
+        return backend(fmt.framework).load(str(source), fmt, options)
+    for framework in ("torch", "tf", "onnx"):
+        handle = _try_wrap(framework, source)
+        if handle is not None:
+            return handle
+    raise UsageError(f"cannot convert a {type(source).__name__}",
+                     hint="pass a torch.nn.Module, a Keras model / tf.Module, an onnx.ModelProto "
+                          "or a path")
+
+
+def _try_wrap(framework: str, obj):
+    import sys
+
+    required = {"torch": "torch", "tf": "tensorflow", "onnx": "onnx"}[framework]
+    if required not in sys.modules:  # a live object implies its framework is imported
+        return None
+    return backend(framework).wrap(obj)
+
+
+def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
+    """The model's own specs overlaid with the user's; an actionable error when unknown."""
+    model_specs = backend(handle.framework).input_specs(handle)
+    specs = reconcile(model_specs, options.input_specs)
+    if not specs:
+        raise InputSpecError(
+            f"cannot infer the input shape of {handle.name}",
+            hint="pass it, e.g. --input-shape 1,3,224,224 (one per input: "
+                 "--input-shape x:1,3,224,224 --input-shape mask:1,16 --dtype mask:int64)")
+    handle.inputs = fixed_batch(specs, options.static)
+    return handle.inputs
+
+
+def run_model(handle: ModelHandle, arrays: list) -> list:
+    """One inference in the model's own framework; inputs permuted per handle.input_perms."""
+    import numpy as np
+
+    if handle.input_perms:
+        arrays = [np.ascontiguousarray(np.transpose(a, handle.input_perms[i]))
+                  if i in handle.input_perms else a for i, a in enumerate(arrays)]
+    try:
+        return backend(handle.framework).run(handle, arrays)
+    except NeuralBridgeError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(f"{s.name}{list(a.shape)} {a.dtype}" for s, a in
+                           zip(handle.inputs or [], arrays))
+        raise ConversionError(f"running {handle.name} ({handle.framework}) on {shapes} failed: "
+                              f"{first_line(exc)}",
+                              hint="check --input-shape / --dtype") from exc
+
+
+def validate(reference: list, candidate: ModelHandle, arrays: list, names, options: Options,
+             label: str = "") -> ValidationReport:
+    outputs = run_model(candidate, arrays)
+    report = compare_outputs(reference, outputs, names, atol=options.atol, rtol=options.rtol,
+                             batch=DEFAULT_BATCH)
+    report.candidate = label
+    return report
+
+
+# ---------------------------------------------------------------- route
+AUTO = "<auto>"  # output sentinel: name the output after the source (CLI default)
+
+
+def convert(source: Any, to: str | None = None, output: str | None = None,
+            options: Options | None = None) -> ConversionResult:
+    """Convert `source` to the target `to`; save to `output` when given; validate.
+
+    `output=AUTO` names the output after the source file's stem or the model's class.
+    """
+    options = (options or Options()).check()
+    started = time.perf_counter()
+    if output and output != AUTO:
+        check_output(output, options.force)
+        if to is None:
+            to = target_from_suffix(output)
+    if options.save_onnx:
+        check_output(options.save_onnx, options.force)
+    handle = load_source(source, options)
+    target = target_for(to, handle.framework)
+    if output == AUTO:
+        output = str(check_output(default_output(handle.name, source, target), options.force))
+    specs = resolve_specs(handle, options)
+    arrays = dummy_inputs(specs, DEFAULT_BATCH, seed=0)
+    options.progress(f"running the source model on seeded inputs "
+                     f"({', '.join(s.name + str(list(a.shape)) for s, a in zip(specs, arrays))})")
+    reference = run_model(handle, arrays)
+    names = handle.output_names or _default_output_names(len(reference))
+    if not handle.outputs:
+        handle.outputs = [TensorSpec(n, tuple(r.shape), str(r.dtype)) for n, r in
+                          zip(names, reference)]
+
+    result = ConversionResult(handle, handle, target.name, notes=list(handle.notes))
+    converted, proto = _route(handle, target, specs, arrays, reference, names, options, result)
+    result.target = converted
+    if output:
+        _save(converted, target, output, options, result)
+    if options.save_onnx and proto is not None:
+        with atomic_output(options.save_onnx, options.force) as tmp:
+            backend("onnx").save(backend("onnx").wrap(proto), str(tmp))
+        result.onnx_path = str(options.save_onnx)
+    if options.validate and output:
+        options.progress(f"validating the saved {target.name} model")
+        saved = _reload(output, target, converted, options)
+        result.report = validate(reference, saved, arrays, names, options, label=str(output))
+    result.seconds = time.perf_counter() - started
+    if options.validate and result.report is not None:
+        check(result.report, output)
+    return result
+
+
+def _default_output_names(count: int) -> list[str]:
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _route(handle, target, specs, arrays, reference, names, options, result):
+    """Try each ONNX candidate graph until one converts and validates; return (model, proto)."""
+    if handle.framework == target.framework and target.name != "onnx":
+        result.route = [handle.framework]
+        if options.validate:
+            result.report = validate(reference, handle, arrays, names, options, "source")
+        return handle, None
+    errors, best = [], None
+    for strategy, proto in _onnx_candidates(handle, specs, options, result):
+        label = f"{handle.framework}->onnx ({strategy})" if handle.framework != "onnx" else "onnx"
+        try:
+            if target.framework == "onnx":
+                converted = backend("onnx").wrap(proto)
+            else:
+                options.progress(f"converting ONNX -> {target.name}")
+                converted = backend(target.framework).from_onnx(
+                    proto, specs, options, **({"target": target.name}
+                                              if target.framework == "tf" else {}))
+            converted.name = _target_name(handle, converted)
+            report = (validate(reference, converted, arrays, names, options, label)
+                      if options.validate else None)
+        except NeuralBridgeError as exc:
+            errors.append(f"{label}: {exc}")
+            continue
+        except Exception as exc:  # a converter library's own failure: try the next graph
+            errors.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
+            continue
+        route = [handle.framework, "onnx"] + ([target.name] if target.framework != "onnx" else [])
+        candidate = (converted, proto, report, strategy, route)
+        if report is None or report.passed:
+            best = candidate
+            break
+        if best is None or report.max_rel_error < best[2].max_rel_error:
+            best = candidate
+        errors.append(f"{label}: {report.summary()}")
+    if best is None:
+        detail = errors[-1] if errors else "no strategy produced a model"
+        raise ConversionError(f"cannot convert {handle.name} to {target.name}: {detail}",
+                              hint=f"{len(errors)} strateg{'y' if len(errors) == 1 else 'ies'} "
+                                   "tried; run with --debug for each error" if len(errors) > 1
+                              else None)
+    converted, proto, report, strategy, route = best
+    result.route, result.strategy, result.report = route, strategy, report
+    result.notes.extend(f"fallback: {e}" for e in errors)
+    return converted, proto
+
+
+def _target_name(source: ModelHandle, converted: ModelHandle) -> str:
+    return source.name
+
+
+def _onnx_candidates(handle, specs, options, result):
+    if handle.framework == "onnx":
+        yield "as-is", handle.obj
+        return
+    yield from backend(handle.framework).to_onnx(handle, specs, options)
+
+
+def _save(converted: ModelHandle, target: Target, output: str, options, result) -> None:
+    options.progress(f"saving {target.description} to {output}")
+    with atomic_output(output, options.force) as tmp:
+        saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+    result.output, result.saved_format = str(output), saved_format
+
+
+def _reload(output: str, target: Target, converted: ModelHandle, options) -> ModelHandle:
+    """Load the written artifact back, as a user would, to validate what was saved."""
+    if options.weights_only:
+        return converted
+    fmt = formats.detect(output)
+    handle = backend(fmt.framework).load(output, fmt, options)
+    handle.inputs = handle.inputs or converted.inputs
+    handle.input_perms = converted.input_perms
+    handle.name = converted.name
+    return handle
+
+
+def default_output(handle_name: str, source: Any, target: Target) -> str:
+    """`<stem><suffix>` in the working folder: a file's stem, or the model's class name."""
+    if isinstance(source, (str, Path)) and not formats.is_import_path(str(source)):
+        stem = Path(str(source).rstrip("/")).name
+        stem = stem.split(".")[0] or stem
+    else:
+        stem = handle_name
+    return f"{stem}{target.suffix}"
