@@ -28,6 +28,7 @@ class Options:
     trust_pickle: bool = False
     unsafe_keras: bool = False
     input_specs: list[TensorSpec] | None = None  # from --input-shape / config
+    input_dtypes: dict = field(default_factory=dict)  # --dtype without --input-shape
     opset: int | None = None
     layout: str = "keep"
     static: bool = False

@@ -5,7 +5,7 @@ Every entry point (CLI commands and the Python API) goes through these functions
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,9 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
             f"cannot infer the input shape of {handle.name}",
             hint="pass it, e.g. --input-shape 1,3,224,224 (one per input: "
                  "--input-shape x:1,3,224,224 --input-shape mask:1,16 --dtype mask:int64)")
+    if options.input_dtypes:
+        specs = [replace(s, dtype=options.input_dtypes.get(s.name, options.input_dtypes.get(
+            None, s.dtype))) for s in specs]
     handle.inputs = fixed_batch(specs, options.static)
     return handle.inputs
 

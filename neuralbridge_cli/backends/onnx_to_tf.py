@@ -180,7 +180,7 @@ def _check_inputs(proto, inputs: list[_IOInfo], batch: int) -> list[np.ndarray]:
             elif isinstance(d, str) and d in params:
                 value = params[d]
             else:
-                value = 32 if info.rank >= 4 and i >= info.rank - (info.rank - 2) else 8
+                value = 32 if info.rank >= 4 and i >= 2 else 8  # spatial dims / sequence
             if isinstance(d, str):
                 params.setdefault(d, value)
             shape.append(value)
@@ -276,6 +276,12 @@ def _tfconverted_class():
             self.serve = tf.function(
                 _make_forward(tf, keras_model, inputs, outputs, output_perms, map_batch),
                 input_signature=self.input_signature, autograph=False)
+            # onnx2tf creates some Keras layers (grouped convolutions...) inside Lambda
+            # functions, so keras_model.variables can miss variables the graph captures:
+            # trace now and track every captured variable.
+            captured = list(self.serve.get_concrete_function().variables)
+            known = {id(v) for v in self.model_variables}
+            self.model_variables.extend(v for v in captured if id(v) not in known)
 
         def __call__(self, *args):
             if len(args) != len(self.input_signature):
@@ -432,15 +438,22 @@ def _onnx2tf_sandbox(onnx2tf_pkg):
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
 
 
-def _name_nodes(proto):
-    """Give every node a unique name (onnx2tf names its TF ops after them)."""
-    taken = set()
+def _name_nodes(proto) -> dict:
+    """Give every node a unique name valid as a TF scope (onnx2tf names TF ops and Keras layers
+    after them; a leading '/' as in '/layer1/Conv' breaks SavedModel export). Returns
+    {new name: original name} for error messages."""
+    taken, original = set(), {}
     for i, node in enumerate(proto.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
+        name = re.sub(r"[^A-Za-z0-9_.\\/>-]", "_", node.name or f"{node.op_type}_{i}")
+        name = name.lstrip("/_.>-") or f"{node.op_type}_{i}"
+        if not name[0].isalnum():
+            name = "n" + name
         if name in taken:
             name = f"{name}_{i}"
         taken.add(name)
+        original[name] = node.name or name
         node.name = name
+    return original
 
 
 def _simplify(proto):
@@ -500,7 +513,7 @@ def _last_error_line(log: str) -> str:
     return errs[-1][len("ERROR:"):].strip() if errs else ""
 
 
-def _describe_failure(exc: BaseException, proto) -> str:
+def _describe_failure(exc: BaseException, proto, original_names: dict | None = None) -> str:
     """One line: the ONNX node (name and op type) where onnx2tf stopped, and the error."""
     text = str(exc).strip() or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -517,6 +530,7 @@ def _describe_failure(exc: BaseException, proto) -> str:
         op_name = found[-1] if found else None
     if op_name:
         op_type = next((n.op_type for n in proto.graph.node if n.name == op_name), None)
+        op_name = (original_names or {}).get(op_name, op_name)
         where = f"{op_type} node '{op_name}'" if op_type else f"node '{op_name}'"
         return f"{where}: {type(exc).__name__}: {msg}"
     return f"{type(exc).__name__}: {msg}"
@@ -583,27 +597,25 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
     workdir = tempfile.mkdtemp(prefix="nb-onnx2tf-") if own_dir else workdir
     os.makedirs(workdir, exist_ok=True)
     try:
+        # A graph with batch fixed at 1 is converted at batch 1 and mapped over the batch.
         fixed_one = bool(inputs) and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
-        batch = 1 if any(i.rank >= 1 and isinstance(i.shape[0], int) for i in inputs) else CHECK_BATCH
-        if fixed_one:
-            batch = CHECK_BATCH  # the batch-1 graph is mapped over the batch
-        check_arrays = _check_inputs(model_proto, inputs, batch)
+        check_arrays = _check_inputs(model_proto, inputs, CHECK_BATCH)
         say("running onnxruntime for reference outputs")
         if fixed_one:
-            ref_arrays = _check_inputs(model_proto, inputs, 1)
-            refs = None
+            check_arrays = [np.concatenate([a, a[::-1] * 0.5 if a.dtype.kind == "f" else a], 0)
+                            for a in check_arrays]
             parts = [_ort_outputs(model_proto, [a[k:k + 1] for a in check_arrays], inputs, workdir)
-                     for k in range(batch)]
+                     for k in range(2)]
+            refs = None
             if all(p is not None for p in parts):
                 refs = [np.concatenate([p[j] for p in parts], 0) for j in range(len(outputs))]
-            del ref_arrays
         else:
             refs = _ort_outputs(model_proto, check_arrays, inputs, workdir)
         if refs is None:
             say("onnxruntime could not run the graph: outputs checked by shape only")
 
         base = copy.deepcopy(model_proto)
-        _name_nodes(base)
+        original_names = _name_nodes(base)
         simplified = None
         failures: list[str] = []
         best = None
@@ -615,7 +627,9 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 if strat.simplify:
                     if simplified is None:
                         simplified = _simplify(base)
-                        _name_nodes(simplified)
+                        original_names.update(
+                            (k, v) for k, v in _name_nodes(simplified).items()
+                            if k not in original_names)
                     graph = simplified
                 map_batch = fixed_one or strat.fixed_batch
                 if strat.fixed_batch and not fixed_one:
@@ -624,8 +638,8 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 keras_model, _ = _run_onnx2tf(onnx2tf_pkg, graph, inputs, layout, outdir,
                                               strat.kwargs)
             except Exception as exc:
-                reason = _describe_failure(exc, base if not strat.simplify or simplified is None
-                                           else simplified)
+                reason = _describe_failure(exc, simplified if strat.simplify and simplified
+                                           is not None else base, original_names)
                 failures.append(f"{strat.name}: {reason}")
                 say(f"{strat.name} failed: {reason}")
                 continue
@@ -633,7 +647,8 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 module = _wrap_and_check(cls, tf, keras_model, inputs, outputs, layout, map_batch,
                                          strat.name, check_arrays, refs)
             except Exception as exc:
-                reason = f"the converted graph does not run: {_describe_failure(exc, base)}"
+                reason = ("the converted graph does not run: "
+                          f"{_describe_failure(exc, base, original_names)}")
                 failures.append(f"{strat.name}: {reason}")
                 say(f"{strat.name} failed: {reason}")
                 continue
@@ -666,19 +681,47 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
 def _wrap_and_check(cls, tf, keras_model, inputs, outputs, layout, map_batch, strategy,
                     check_arrays, refs):
     tf_arrays = _to_tf_layout(check_arrays, inputs, layout)
-    # one eager run of the Keras model decides the output layouts
-    probe = cls(keras_model, inputs, outputs, [None] * len(outputs), layout=layout,
-                map_batch=map_batch, strategy=strategy)
-    raw = probe.numpy_outputs(*tf_arrays)
-    perms, errors = _pick_output_perms(raw, refs or [None] * len(outputs), outputs)
-    if any(p is not None for p in perms):
-        module = cls(keras_model, inputs, outputs, perms, layout=layout, map_batch=map_batch,
-                     strategy=strategy)
-    else:
-        module = probe
+    perms = _static_output_perms(keras_model, outputs)
+    if perms is None:  # ambiguous from shapes: one eager run of the Keras model decides
+        order = _keras_input_order(keras_model, inputs)
+        feed = [None] * len(tf_arrays)
+        for src, dst in enumerate(order):
+            a = tf_arrays[src][:1] if map_batch else tf_arrays[src]
+            feed[dst] = tf.convert_to_tensor(a, dtype=keras_model.inputs[dst].dtype)
+        raw = keras_model(feed if len(feed) > 1 else feed[0], training=False)
+        raw = [np.asarray(r) for r in (raw if isinstance(raw, (list, tuple)) else [raw])]
+        ref_part = [r[:1] for r in refs] if (refs is not None and map_batch) else refs
+        perms, _ = _pick_output_perms(raw, ref_part or [None] * len(outputs), outputs)
+    module = cls(keras_model, inputs, outputs, perms, layout=layout, map_batch=map_batch,
+                 strategy=strategy)
+    got = module.numpy_outputs(*tf_arrays)
     if refs is not None:
-        module.max_rel_error = float(max(errors)) if errors else 0.0
+        module.max_rel_error = float(max(_rel_error(g, r) for g, r in zip(got, refs)))
+    else:
+        bad = [o.name for g, o in zip(got, outputs) if not _shape_fits(g.shape, o.shape)]
+        if bad:
+            raise RuntimeError(f"output {bad[0]} has shape that does not fit the ONNX graph")
     return module
+
+
+def _static_output_perms(keras_model, outputs):
+    """Output perms decided from static shapes, or None when a shape leaves it ambiguous."""
+    perms = []
+    for t, info in zip(keras_model.outputs, outputs):
+        shape = t.shape
+        if shape.rank is None or shape.rank != info.rank:
+            return None
+        dims = [d if isinstance(d, int) else None for d in shape.as_list()]
+        r = len(dims)
+        cands = [None] + ([[0, r - 1] + list(range(1, r - 1))] if r in (3, 4, 5) else [])
+        if any(d is None for d in dims[1:]) or any(not isinstance(b, int) for b in info.shape[1:]):
+            return None  # dynamic dims: cannot tell from shapes
+        fits = [perm for perm in cands
+                if [dims[p] for p in (perm or range(r))][1:] == list(info.shape[1:])]
+        if len(fits) != 1:
+            return None
+        perms.append(fits[0])
+    return perms
 
 
 # --------------------------------------------------------------------------- saving

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..options import DEFAULT_ATOL, DEFAULT_RTOL, Options, load_config
-from ..specs import TensorSpec, normalize_dtype, specs_from_flags
+from ..specs import normalize_dtype, parse_dtypes, specs_from_flags
 
 
 class TargetName(str, Enum):
@@ -87,6 +87,7 @@ def build_options(*, config: str | None = None, input_shape=None, dtype=None, mo
         model_class=model_class or settings.get("model_class"),
         model_args=args,
         input_specs=specs,
+        input_dtypes=parse_dtypes(dtypes) if specs is None else {},
     )
     for key in ("atol", "rtol", "opset", "layout", "static", "validate", "trust_pickle",
                 "unsafe_keras"):

@@ -1,0 +1,134 @@
+"""The CLI through Typer's CliRunner: exit codes, one-line errors, JSON, real conversions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import models
+from neuralbridge_cli.cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_file_is_a_usage_error(workdir):
+    result = invoke("convert", "nope.onnx", "--to", "tf")
+    assert result.exit_code == 2
+    assert "no such file" in one_line_error(result)
+
+
+def test_unknown_format(workdir):
+    (workdir / "weights.xyz").write_bytes(b"\x00\x01\x02 not a model")
+    result = invoke("convert", "weights.xyz", "--to", "onnx")
+    assert result.exit_code == 2
+    assert "--from" in one_line_error(result)
+
+
+def test_missing_shape_names_the_flag(workdir):
+    result = invoke("convert", "torch.nn:Identity", "--to", "onnx")
+    assert result.exit_code == 2
+    assert "--input-shape" in one_line_error(result)
+
+
+def test_state_dict_needs_model_class(workdir):
+    import torch
+
+    torch.save(models.small_cnn().state_dict(), workdir / "cnn.pt")
+    result = invoke("convert", "cnn.pt", "--to", "onnx")
+    assert result.exit_code == 2
+    assert "--model-class" in one_line_error(result)
+
+
+def test_pickled_module_is_refused_without_trust(workdir):
+    import torch
+
+    torch.save(models.small_cnn(), workdir / "whole.pt")
+    result = invoke("convert", "whole.pt", "--to", "onnx")
+    assert result.exit_code == 1
+    assert "--trust-pickle" in one_line_error(result)
+
+
+def test_existing_output_is_kept_without_force(workdir):
+    (workdir / "ResNet.onnx").write_bytes(b"precious")
+    result = invoke("export-onnx", "torchvision.models:resnet18")
+    assert result.exit_code == 2
+    assert "--force" in one_line_error(result)
+    assert (workdir / "ResNet.onnx").read_bytes() == b"precious"
+
+
+def test_export_onnx_names_file_after_class_and_validates(workdir):
+    result = invoke("export-onnx", "torchvision.models:resnet18", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["output"] == "ResNet.onnx" and (workdir / "ResNet.onnx").stat().st_size > 4e7
+    check = data["validation"]
+    assert check["passed"] and check["max_rel_error"] < 1e-4
+    assert data["inputs"] == [{"name": "x", "shape": [None, 3, 224, 224], "dtype": "float32"}]
+    # the batch stays dynamic: onnxruntime runs batch 3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(workdir / "ResNet.onnx"))
+    out = session.run(None, {"x": np.zeros((3, 3, 224, 224), np.float32)})[0]
+    assert out.shape == (3, 1000)
+
+
+def test_validation_mismatch_exits_3_and_keeps_output(workdir):
+    import torch
+
+    torch.save(models.torchvision_model("resnet18").state_dict(), workdir / "r18.pt")
+    result = invoke("convert", "r18.pt", "--model-class", "torchvision.models:resnet18",
+                    "--to", "onnx", "--atol", "0", "--rtol", "0")
+    assert result.exit_code == 3, result.output
+    assert "differ" in one_line_error(result)
+    assert "FAIL" in result.stdout
+    assert (workdir / "r18.onnx").exists()
+
+
+def test_inspect_onnx_json(workdir):
+    import torch
+
+    torch.onnx.export(models.small_cnn(), (torch.randn(2, 3, 32, 32),), "cnn.onnx",
+                      input_names=["img"], dynamic_axes={"img": {0: "n"}}, dynamo=False)
+    result = invoke("inspect", "cnn.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["format"] == "onnx" and info["inputs"][0]["shape"] == ["n", 3, 32, 32]
+    assert info["ops"]["Conv"] == 3 and info["parameters"] > 1000
+    assert info["opset"] and info["producer"].startswith("pytorch")
+
+
+def test_keras_two_inputs_two_outputs_to_onnx(workdir):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
+    model = keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
+                                 keras.layers.Dense(2, name="o2")(h)])
+    model.save(workdir / "two.keras")
+    result = invoke("convert", "two.keras", "--to", "onnx", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [o["name"] for o in data["validation"]["outputs"]] == ["o1", "o2"]
+    assert data["validation"]["passed"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(workdir / "two.onnx"))
+    x = [np.random.default_rng(1).standard_normal((3, n)).astype(np.float32) for n in (8, 4)]
+    got = session.run(None, {"a": x[0], "b": x[1]})
+    want = model([x[0], x[1]])
+    for g, w in zip(got, want):
+        assert models.rel_error(g, np.asarray(w)) < 1e-5
