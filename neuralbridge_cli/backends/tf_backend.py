@@ -222,12 +222,12 @@ def wrap(obj, name=None, source=None, fmt="live"):
 
 
 def _module_call_specs(module):
-    """Input specs of a tf.Module whose __call__ is a tf.function with an input_signature."""
-    call = getattr(module, "__call__", None)
-    signature = getattr(call, "input_signature", None)
-    if not signature:
-        return None
-    return [_tf_spec(s, s.name or f"input_{i}") for i, s in enumerate(signature)]
+    """Input specs of a tf.Module whose `serve` or `__call__` is a tf.function with a signature."""
+    for attr in ("serve", "__call__"):
+        signature = getattr(getattr(module, attr, None), "input_signature", None)
+        if signature:
+            return [_tf_spec(s, s.name or f"input_{i}") for i, s in enumerate(signature)]
+    return None
 
 
 def input_specs(handle: ModelHandle):
@@ -278,6 +278,11 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
                                                          opset=opset)
     except Exception as exc:
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
+    graph_inputs = [i.name for i in proto.graph.input
+                    if i.name not in {init.name for init in proto.graph.initializer}]
+    if len(graph_inputs) != len(specs):
+        raise ConversionError(f"tf2onnx produced {len(graph_inputs)} inputs for a model with "
+                              f"{len(specs)}; variables were not frozen")
     _rename_graph_io(proto, [s.name for s in specs], handle.output_names)
     yield "tf2onnx", proto
 
@@ -289,6 +294,9 @@ def _as_tf_function(handle: ModelHandle, specs):
     obj = handle.obj
     keras = sys.modules.get("keras")
     is_keras = keras is not None and isinstance(obj, keras.Model)
+    serve = getattr(obj, "serve", None)
+    if getattr(serve, "input_signature", None):  # our own converted modules: trace it directly
+        return serve, list(serve.input_signature)
 
     @tf.function(input_signature=signature)
     def call(*args):
