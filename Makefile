@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-full bench clean
+.PHONY: install demo test test-full bench acceptance clean
 
 install: $(STAMP)
 
@@ -29,3 +29,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+acceptance: install
+	$(PY) scripts/acceptance.py
