@@ -1,0 +1,81 @@
+"""The Python API on live models: convert_model both ways, and the load_as_* loaders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import models
+from neuralbridge_cli import convert_model, export_onnx, load_as_onnx, load_as_tf, load_as_torch
+
+
+def seeded(shape, seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def keras_cnn():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x))
+
+
+def test_convert_torch_module_to_tf_callable():
+    import tensorflow as tf
+    import torch
+
+    module = models.small_cnn()
+    tf_model = convert_model(module, input_shape=(1, 3, 32, 32))
+    x = seeded((3, 3, 32, 32))  # another batch size than the validation's
+    got = tf_model(tf.constant(x))
+    assert isinstance(got, tf.Tensor)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x))
+    assert models.rel_error(got.numpy(), want) < 1e-5
+
+
+def test_convert_keras_model_to_torch_module():
+    import torch
+
+    model = keras_cnn()
+    torch_model = convert_model(model)
+    assert isinstance(torch_model, torch.nn.Module)
+    x = seeded((3, 16, 16, 3))
+    with torch.inference_mode():
+        got = torch_model(torch.from_numpy(x))
+    assert isinstance(got, torch.Tensor)
+    assert models.rel_error(got, np.asarray(model(x))) < 1e-5
+
+
+def test_load_as_torch_from_keras_file_and_tf_from_onnx(tmp_path):
+    import torch
+
+    model = keras_cnn()
+    model.save(tmp_path / "cnn.keras")
+    module = load_as_torch(tmp_path / "cnn.keras")
+    x = seeded((2, 16, 16, 3))
+    with torch.inference_mode():
+        assert models.rel_error(module(torch.from_numpy(x)), np.asarray(model(x))) < 1e-5
+
+    proto = export_onnx(models.small_cnn(), tmp_path / "cnn.onnx", input_shape=(1, 3, 32, 32))
+    assert proto.graph.input[0].name == "input"
+    assert load_as_onnx(tmp_path / "cnn.onnx").graph.node  # already ONNX: loaded as is
+    tf_model = load_as_tf(tmp_path / "cnn.onnx")
+    x = seeded((2, 3, 32, 32))
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(tmp_path / "cnn.onnx")).run(None, {"input": x})[0]
+    assert models.rel_error(np.asarray(tf_model(x)), want) < 1e-5
+
+
+def test_validation_mismatch_raises():
+    from neuralbridge_cli.errors import ValidationMismatch
+
+    with pytest.raises(ValidationMismatch) as info:
+        convert_model(models.torchvision_model("resnet18"), to="onnx", atol=0.0, rtol=0.0)
+    assert info.value.exit_code == 3
+    assert info.value.report.max_abs_error > 0
