@@ -264,27 +264,70 @@ def flatten_outputs(result, names=None) -> list:
 
 # ---------------------------------------------------------------- to ONNX
 def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
-    """Yield (strategy, ModelProto) from tf2onnx (a TFLite file goes through from_tflite)."""
+    """Yield (strategy, ModelProto) candidates from tf2onnx.
+
+    A Keras model is traced as a tf.function; a SavedModel or tf.Module is frozen first
+    (variables inlined as constants), because tf2onnx leaves the variables of restored,
+    nested functions as extra graph inputs.
+    """
     tf2onnx = lazy.require("tf2onnx", "convert TensorFlow models to ONNX")
     opset = options.opset or DEFAULT_ONNX_OPSET
-    options.progress(f"converting to ONNX with tf2onnx (opset {opset})")
-    try:
-        with redirect_stdout(io.StringIO()):
-            if isinstance(handle.obj, TFLiteRunner):
-                proto, _ = tf2onnx.convert.from_tflite(handle.obj.path, opset=opset)
-            else:
-                function, signature = _as_tf_function(handle, specs)
-                proto, _ = tf2onnx.convert.from_function(function, input_signature=signature,
-                                                         opset=opset)
-    except Exception as exc:
-        raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
-    graph_inputs = [i.name for i in proto.graph.input
-                    if i.name not in {init.name for init in proto.graph.initializer}]
-    if len(graph_inputs) != len(specs):
-        raise ConversionError(f"tf2onnx produced {len(graph_inputs)} inputs for a model with "
-                              f"{len(specs)}; variables were not frozen")
-    _rename_graph_io(proto, [s.name for s in specs], handle.output_names)
-    yield "tf2onnx", proto
+    keras = sys.modules.get("keras")
+    if isinstance(handle.obj, TFLiteRunner):
+        strategies = ("tflite",)
+    elif keras is not None and isinstance(handle.obj, keras.Model):
+        strategies = ("function", "frozen-graph")
+    else:
+        strategies = ("frozen-graph", "function")
+    errors = []
+    for strategy in strategies:
+        options.progress(f"converting to ONNX with tf2onnx ({strategy}, opset {opset})")
+        try:
+            with redirect_stdout(io.StringIO()):
+                proto = _TF2ONNX_STRATEGIES[strategy](tf2onnx, handle, specs, opset)
+            _check_graph_inputs(proto, specs)
+        except Exception as exc:
+            errors.append(f"{strategy}: {first_line(exc)}")
+            continue
+        _rename_graph_io(proto, [s.name for s in specs], handle.output_names)
+        yield f"tf2onnx-{strategy}", proto
+    if errors:
+        raise ConversionError("tf2onnx failed: " + " | ".join(errors))
+
+
+def _tf2onnx_function(tf2onnx, handle, specs, opset):
+    function, signature = _as_tf_function(handle, specs)
+    return tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)[0]
+
+
+def _tf2onnx_frozen(tf2onnx, handle, specs, opset):
+    tf = _tf()
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    function, signature = _as_tf_function(handle, specs)
+    concrete = function.get_concrete_function(*signature)
+    frozen = convert_variables_to_constants_v2(concrete, aggressive_inlining=True)
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in frozen.outputs]
+    return tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
+                                          output_names=outputs, opset=opset)[0]
+
+
+def _tf2onnx_tflite(tf2onnx, handle, specs, opset):
+    return tf2onnx.convert.from_tflite(handle.obj.path, opset=opset)[0]
+
+
+_TF2ONNX_STRATEGIES = {"function": _tf2onnx_function, "frozen-graph": _tf2onnx_frozen,
+                       "tflite": _tf2onnx_tflite}
+
+
+def _check_graph_inputs(proto, specs) -> None:
+    initializers = {init.name for init in proto.graph.initializer}
+    count = sum(1 for i in proto.graph.input if i.name not in initializers)
+    if count != len(specs):
+        raise ConversionError(f"tf2onnx produced {count} inputs for a model with {len(specs)} "
+                              "(variables left as inputs)")
 
 
 def _as_tf_function(handle: ModelHandle, specs):

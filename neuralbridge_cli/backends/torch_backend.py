@@ -359,7 +359,7 @@ def save(handle: ModelHandle, path: str, target: str, options) -> str:
     if options.weights_only:
         torch.save(handle.obj.state_dict(), path)
         return "state-dict"
-    examples = dummy_inputs(handle.inputs or [], DEFAULT_BATCH)
+    examples = [torch.from_numpy(a) for a in dummy_inputs(handle.inputs or [], DEFAULT_BATCH)]
     prefer = "torchscript" if target == "torchscript" else "exported"
     return onnx_to_torch.save_torch_program(handle.obj, examples, path,
                                             dynamic_batch=not options.static, prefer=prefer)

@@ -94,5 +94,10 @@ def reports_errors(command):
 
 
 def apply_verbosity() -> None:
+    """Framework warnings and log noise only with --verbose."""
     if SETTINGS.verbose:
         os.environ["NEURALBRIDGE_VERBOSE"] = "1"
+    else:
+        import warnings
+
+        warnings.simplefilter("ignore")
