@@ -39,7 +39,8 @@ def atomic_output(path: str | Path, force: bool = False):
     """Yield a temporary path; on success move it to `path` (replacing it only with force)."""
     path = Path(path)
     check_output(path, force)
-    tmp = path.with_name(f".{path.name}.nb-tmp-{uuid.uuid4().hex[:8]}")
+    # same folder (atomic rename) and same suffix (savers check it: .keras, .pt2, .h5)
+    tmp = path.with_name(f".nbtmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
         if not tmp.exists():
@@ -47,14 +48,13 @@ def atomic_output(path: str | Path, force: bool = False):
         _replace(tmp, path)
     finally:
         remove(tmp)
-        for side in path.parent.glob(f".{path.name}.nb-tmp-*"):  # e.g. external-data files
-            if side.name.startswith(tmp.name):
-                remove(side)
+        for side in path.parent.glob(f"{tmp.name}*"):  # side files, e.g. external data
+            remove(side)
 
 
 def _replace(tmp: Path, path: Path) -> None:
     if path.exists() and (path.is_dir() or tmp.is_dir()):
-        backup = path.with_name(f".{path.name}.nb-old-{uuid.uuid4().hex[:8]}")
+        backup = path.with_name(f".nbold-{uuid.uuid4().hex[:8]}-{path.name}")
         os.replace(path, backup)
         try:
             os.replace(tmp, path)

@@ -9,6 +9,7 @@ loading triton *after* TensorFlow segfaults (shared/ENVIRONMENT.md, trap 1).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -48,9 +49,16 @@ def require(name: str, purpose: str | None = None) -> ModuleType:
     """Import `name` or raise MissingDependencyError with the install hint."""
     if name in sys.modules:
         return sys.modules[name]
-    if name in ("tensorflow", "keras", "tf_keras", "onnx2tf", "tf2onnx"):
+    tf_family = name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "onnx2tf", "tf2onnx")
+    if tf_family:
         _prepare_tensorflow_import()
     try:
+        if tf_family and "tensorflow" not in sys.modules and not _verbose():
+            with silenced_stderr():  # C++ start-up lines that no env variable silences
+                module = importlib.import_module(name)
+                # device discovery prints CUDA-stub lines on first use: do it here, silenced
+                sys.modules["tensorflow"].config.list_physical_devices()
+                return module
         return importlib.import_module(name)
     except ImportError as exc:
         if is_installed(name):  # installed but broken: keep the real reason
@@ -64,6 +72,26 @@ def require(name: str, purpose: str | None = None) -> ModuleType:
             f"{name} is not installed{what}",
             hint=f"pip install 'neuralbridge-cli[{extra}]'",
         ) from exc
+
+
+def _verbose() -> bool:
+    return os.environ.get("NEURALBRIDGE_VERBOSE") == "1"
+
+
+@contextlib.contextmanager
+def silenced_stderr():
+    """Send file descriptor 2 to /dev/null (C/C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def torch() -> ModuleType:
@@ -91,7 +119,7 @@ def _prepare_tensorflow_import() -> None:
             importlib.import_module("triton")
         except Exception:  # a broken triton only matters if it is used later
             pass
-    if os.environ.get("NEURALBRIDGE_VERBOSE") != "1":
+    if not _verbose():
         quiet_tensorflow()
 
 
