@@ -389,6 +389,10 @@ def from_onnx(proto, specs, options, target: str = "tf") -> ModelHandle:
                                                progress=options.progress)
         handle = ModelHandle("tf", module, "live", type(module).__name__, inputs=list(specs))
     handle.input_perms = _layout_perms(specs, handle.inputs, options.layout)
+    layouts = getattr(handle.obj, "input_layouts", None)  # onnx_to_tf says it explicitly
+    if layouts is not None:
+        handle.input_perms = {i: (0,) + tuple(range(2, specs[i].rank)) + (1,)
+                              for i, layout in enumerate(layouts) if layout == "nhwc"}
     return handle
 
 

@@ -1,0 +1,144 @@
+"""Every conversion route end to end, on real models, with the artifacts checked by
+loading them in a separate process with their framework alone (this project and the
+converter libraries blocked from import)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import models
+from neuralbridge_cli.options import Options
+from neuralbridge_cli.pipeline import convert
+
+BLOCK = ("import sys\n"
+         "for name in ('neuralbridge_cli', 'onnx2torch', 'onnx2tf', 'tf2onnx', 'tf_keras'):\n"
+         "    sys.modules[name] = None  # importing any of them now fails\n")
+
+LOADERS = {
+    "torch": "import torch\nm = torch.export.load(PATH).module()\ny = m(*[torch.from_numpy(a) for a in X])",
+    "torchscript": "import torch\nm = torch.jit.load(PATH)\ny = m(*[torch.from_numpy(a) for a in X])",
+    "tf": "import tensorflow as tf\nm = tf.saved_model.load(PATH)\ny = m(*X)",
+    "keras": "import keras\nm = keras.saving.load_model(PATH)\ny = m(X if len(X) > 1 else X[0])",
+    "h5": "import keras\nm = keras.saving.load_model(PATH)\ny = m(X if len(X) > 1 else X[0])",
+    "tflite": ("import tensorflow as tf\nit = tf.lite.Interpreter(model_path=PATH)\n"
+               "ds = it.get_input_details()\n"
+               "[it.resize_tensor_input(d['index'], a.shape) for d, a in zip(ds, X)]\n"
+               "it.allocate_tensors()\n[it.set_tensor(d['index'], a) for d, a in zip(ds, X)]\n"
+               "it.invoke()\ny = [it.get_tensor(d['index']) for d in it.get_output_details()]"),
+    "onnx": ("import onnxruntime as ort\ns = ort.InferenceSession(PATH)\n"
+             "y = s.run(None, {i.name: a for i, a in zip(s.get_inputs(), X)})"),
+}
+
+
+def run_plain(target: str, path, arrays: list[np.ndarray], tmp_path) -> list[np.ndarray]:
+    """Load `path` in a fresh process with only its framework and run it on `arrays`."""
+    np.savez(tmp_path / "x.npz", *arrays)
+    script = (BLOCK + "import numpy as np\n"
+              f"PATH = {str(path)!r}\n"
+              f"X = list(np.load({str(tmp_path / 'x.npz')!r}).values())\n"
+              + LOADERS[target] + "\n"
+              "ys = list(y) if isinstance(y, (list, tuple)) else [y]\n"
+              "ys = [v.detach() if hasattr(v, 'detach') else v for v in ys]\n"
+              "np.savez(PATH + '.out.npz', *[np.asarray(v) for v in ys])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return list(np.load(str(path) + ".out.npz").values())
+
+
+def reference(module, arrays):
+    import torch
+
+    with torch.inference_mode():
+        out = module(*[torch.from_numpy(a) for a in arrays])
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def seeded(shape, seed=3):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("target, name", [("tf", "cnn.savedmodel"), ("tflite", "cnn.tflite"),
+                                          ("onnx", "cnn.onnx"), ("torch", "cnn.pt2"),
+                                          ("torchscript", "cnn.pt"), ("keras", "cnn.keras"),
+                                          ("h5", "cnn.h5")])
+def test_torch_module_to_every_target(target, name, workdir):
+    module = models.small_cnn()
+    result = convert("models:small_cnn", target, name,
+                     Options(input_specs=None, atol=1e-4, rtol=1e-3))
+    assert result.report.passed and result.report.max_rel_error < 1e-4
+    x = [seeded((3, 3, 224, 224))]  # batch 3: the batch stays dynamic
+    got = run_plain(target, workdir / name, x, workdir)
+    assert models.rel_error(got[0], reference(module, x)[0]) < 1e-4
+
+
+def test_savedmodel_back_to_torch_round_trip(workdir):
+    module = models.small_cnn()
+    convert("models:small_cnn", "tf", "cnn.savedmodel", Options())
+    result = convert("cnn.savedmodel", "torch", "back.pt2", Options())
+    assert result.route == ["tf", "onnx", "torch"] and result.report.passed
+    x = [seeded((3, 3, 224, 224))]
+    got = run_plain("torch", workdir / "back.pt2", x, workdir)
+    assert models.rel_error(got[0], reference(module, x)[0]) < 1e-4
+
+
+def test_layout_nhwc_takes_channels_last(workdir):
+    module = models.small_cnn()
+    result = convert("models:small_cnn", "tf", "nhwc.savedmodel", Options(layout="nhwc"))
+    assert result.report.passed and result.target.input_perms == {0: (0, 2, 3, 1)}
+    x = seeded((2, 3, 224, 224))
+    got = run_plain("tf", workdir / "nhwc.savedmodel", [np.ascontiguousarray(x.transpose(0, 2, 3, 1))],
+                    workdir)
+    assert models.rel_error(got[0], reference(module, [x])[0]) < 1e-4
+
+
+@pytest.mark.parametrize("factory", ["text_lstm", "transformer_encoder"])
+def test_sequence_models_to_tf_with_inferred_shapes(factory, workdir):
+    result = convert(f"models:{factory}", "tf", f"{factory}.savedmodel", Options())
+    assert result.report.passed, result.report.summary()
+    assert any("inferred" in n for n in result.notes)
+    module = getattr(models, factory)()
+    spec = result.source.inputs[0]
+    if spec.dtype == "int64":
+        x = np.random.default_rng(5).integers(0, 100, (3, 16)).astype(np.int64)
+    else:
+        x = seeded((3, 16, 32))
+    got = run_plain("tf", workdir / f"{factory}.savedmodel", [x], workdir)
+    assert models.rel_error(got[0], reference(module, [x])[0]) < 1e-4
+
+
+def test_keras_two_inputs_two_outputs_to_torch(workdir):
+    import keras
+    import torch
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
+    model = keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
+                                 keras.layers.Dense(2, name="o2")(h)])
+    model.save(workdir / "two.keras")
+    result = convert("two.keras", "torch", "two.pt2", Options())
+    assert [o.name for o in result.report.outputs] == ["o1", "o2"] and result.report.passed
+    x = [seeded((3, 8)), seeded((3, 4), 4)]
+    got = run_plain("torch", workdir / "two.pt2", x, workdir)
+    want = model(x)
+    for g, w in zip(got, want):
+        assert models.rel_error(g, np.asarray(w)) < 1e-5
+
+
+def test_resnet18_state_dict_to_tf_and_back(workdir):
+    """The demo's route on a full-size model: state dict -> SavedModel -> .pt2."""
+    import torch
+
+    module = models.torchvision_model("resnet18")
+    torch.save(module.state_dict(), workdir / "r18.pt")
+    first = convert("r18.pt", "tf", "r18.savedmodel",
+                    Options(model_class="torchvision.models:resnet18"))
+    back = convert("r18.savedmodel", "torch", "r18.pt2", Options())
+    assert first.report.max_rel_error < 1e-4 and back.report.max_rel_error < 1e-4
+    x = [seeded((2, 3, 224, 224))]
+    got = run_plain("torch", workdir / "r18.pt2", x, workdir)
+    assert models.rel_error(got[0], reference(module, x)[0]) < 1e-4
