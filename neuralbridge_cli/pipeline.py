@@ -206,11 +206,11 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
         result.onnx_path = str(options.save_onnx)
     if options.validate and output:
         options.progress(f"validating the saved {target.name} model")
-        saved = _reload(output, target, converted, options)
+        saved = _reload(result.output, target, converted, options)
         result.report = validate(reference, saved, arrays, names, options, label=str(output))
     result.seconds = time.perf_counter() - started
     if options.validate and result.report is not None:
-        check(result.report, output)
+        check(result.report, result.output)
     return result
 
 
@@ -280,6 +280,14 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result) 
     options.progress(f"saving {target.description} to {output}")
     with atomic_output(output, options.force) as tmp:
         saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+    if saved_format == "torchscript" and Path(output).suffix == ".pt2":
+        # torch.export failed and TorchScript was written: give it the suffix users expect
+        renamed = Path(output).with_suffix(".pt")
+        check_output(renamed, options.force)
+        Path(output).replace(renamed)
+        result.notes.append(f"torch.export could not export this graph; wrote TorchScript "
+                            f"{renamed} (load it with torch.jit.load)")
+        output = str(renamed)
     result.output, result.saved_format = str(output), saved_format
 
 

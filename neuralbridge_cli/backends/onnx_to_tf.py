@@ -273,15 +273,25 @@ def _tfconverted_class():
             self.input_signature = [
                 tf.TensorSpec(_tf_shape(i, layout, map_batch), tf.as_dtype(i.dtype), name=i.key)
                 for i in inputs]
-            self.serve = tf.function(
-                _make_forward(tf, keras_model, inputs, outputs, output_perms, map_batch),
-                input_signature=self.input_signature, autograph=False)
-            # onnx2tf creates some Keras layers (grouped convolutions...) inside Lambda
-            # functions, so keras_model.variables can miss variables the graph captures:
-            # trace now and track every captured variable.
-            captured = list(self.serve.get_concrete_function().variables)
+            forward = _make_forward(tf, keras_model, inputs, outputs, output_perms, map_batch)
+            # kept (untracked: a plain function) to retrace at a fixed batch for TFLite
+            self._forward = forward
+            self.serve = tf.function(forward, input_signature=self.input_signature,
+                                     autograph=False)
+            # onnx2tf keeps nearly all weights as constants captured by the traced graph (and
+            # creates a few Keras layers inside Lambda functions, whose variables
+            # keras_model.variables misses). Lift the captured weights into tracked variables:
+            # the SavedModel then stores them in variables/ like any TF model (no 2 GB graph
+            # limit) and `variables` counts the parameters.
+            concrete = self.serve.get_concrete_function()
+            try:
+                serve, variables = _lift_captures(tf, concrete, self.input_signature)
+            except Exception:  # keep the captured constants; the graph still works
+                serve, variables = None, list(concrete.variables)
+            if serve is not None:
+                self.serve = serve
             known = {id(v) for v in self.model_variables}
-            self.model_variables.extend(v for v in captured if id(v) not in known)
+            self.model_variables.extend(v for v in variables if id(v) not in known)
 
         def __call__(self, *args):
             if len(args) != len(self.input_signature):
@@ -300,6 +310,59 @@ def _tfconverted_class():
 
     _TFCONVERTED = TFConverted
     return TFConverted
+
+
+def _lift_captures(tf, concrete, signature, min_elements: int = 16):
+    """Rebuild `concrete` with its captured float constants turned into tf.Variables.
+
+    Returns (tf.function with `signature`, variables it reads). The traced graph is imported
+    unchanged; only its capture placeholders are fed from variables instead of constants."""
+    graph = concrete.graph
+    captures = list(graph.captures)
+    if not captures:
+        return None, []
+    by_handle = {id(v.handle): v for v in concrete.variables}
+    feeds = []  # (placeholder name in the traced graph, kind, source)
+    variables = []
+    for external, internal in captures:
+        if external.dtype == tf.resource:
+            var = by_handle.get(id(external))
+            if var is None:
+                raise ValueError("a captured resource that is not a variable")
+            feeds.append((internal.name, "handle", var))
+            variables.append(var)
+        elif external.dtype.is_floating and external.shape.num_elements() >= min_elements:
+            var = tf.Variable(external, trainable=False, name=f"w{len(variables)}")
+            feeds.append((internal.name, "value", var))
+            variables.append(var)
+        else:
+            feeds.append((internal.name, "constant", external.numpy()))
+    fed = {name for name, _, _ in feeds}
+    arg_names = [t.name for t in graph.inputs if t.name not in fed]
+    if len(arg_names) != len(signature):
+        raise ValueError("unexpected inputs of the traced graph")
+    graph_def = graph.as_graph_def()
+    out_names = [t.name for t in concrete.outputs]
+    several = isinstance(concrete.structured_outputs, (tuple, list))
+
+    def imported(*args):
+        input_map = dict(zip(arg_names, args))
+        for name, kind, src in feeds:
+            input_map[name] = (src.handle if kind == "handle" else
+                               src.read_value() if kind == "value" else tf.constant(src))
+        return tf.graph_util.import_graph_def(graph_def, input_map=input_map,
+                                              return_elements=out_names, name="m")
+
+    wrapped = tf.compat.v1.wrap_function(imported, signature)
+
+    def serve(*args):
+        outs = wrapped(*args)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        return tuple(outs) if several else outs[0]
+
+    fn = tf.function(serve, input_signature=signature, autograph=False)
+    fn.get_concrete_function()
+    return fn, variables
 
 
 def __getattr__(name):  # PEP 562: `from ...onnx_to_tf import TFConverted` builds it lazily
@@ -383,13 +446,23 @@ class _Strategy:
 
 
 def _strategies(proto, inputs) -> list[_Strategy]:
+    """Cheapest first. onnx2tf's strict mode (its default) validates ambiguous layouts op by op
+    against onnxruntime, re-running the partial Keras model each time: about 100 s on
+    convnext_tiny, where non-strict takes 3 s. Our own check against onnxruntime catches what
+    non-strict gets wrong, so strict mode is only the second line. onnxsim folds the shape
+    arithmetic that onnx2tf mishandles with a dynamic batch; a batch fixed at 1 lets it fold
+    the rest (the TF model is then mapped over the batch)."""
+    fast = {"disable_strict_mode": True}
     return [
-        _Strategy("onnx2tf"),
-        _Strategy("onnxsim+onnx2tf", simplify=True),
-        _Strategy("onnxsim+onnx2tf(no group conv, rnn unroll, non-strict)", simplify=True,
-                  kwargs={"disable_group_convolution": True, "enable_rnn_unroll": True,
-                          "disable_strict_mode": True}),
-        _Strategy("onnxsim+onnx2tf(batch 1, mapped over batch)", simplify=True, fixed_batch=True),
+        _Strategy("onnx2tf", kwargs=dict(fast)),
+        _Strategy("onnxsim + onnx2tf", simplify=True, kwargs=dict(fast)),
+        _Strategy("batch 1 + onnxsim + onnx2tf", simplify=True, fixed_batch=True,
+                  kwargs=dict(fast)),
+        _Strategy("onnxsim + onnx2tf strict", simplify=True),
+        _Strategy("batch 1 + onnxsim + onnx2tf strict", simplify=True, fixed_batch=True),
+        _Strategy("batch 1 + onnxsim + onnx2tf strict, no group conv, unrolled RNN",
+                  simplify=True, fixed_batch=True,
+                  kwargs={"disable_group_convolution": True, "enable_rnn_unroll": True}),
     ]
 
 
@@ -427,15 +500,41 @@ def _onnx2tf_sandbox(onnx2tf_pkg):
     buf = io.StringIO()
     mod.download_test_image_data = _offline_test_images
     common.download_test_image_data = _offline_test_images
+    undo = _patch_lstm_empty_state()
     try:
         with contextlib.redirect_stdout(buf):
             yield buf
     finally:
         mod.download_test_image_data, common.download_test_image_data = saved
+        undo()
         if saved_env is None:  # onnx2tf sets CUDA_VISIBLE_DEVICES=-1 for the whole process
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+
+
+def _patch_lstm_empty_state():
+    """onnx2tf 1.28 passes `initial_state=[]` to its Keras LSTM when the ONNX LSTM has no
+    initial_h/initial_c (optional inputs, dropped by onnxsim when they are zeros), and Keras
+    rejects it. An empty list means "zeros", which is what None gives. Returns an undo."""
+    try:
+        import importlib
+        lstm = importlib.import_module("onnx2tf.ops.LSTM")
+        cls = lstm.CustomLSTM
+    except Exception:
+        return lambda: None
+    original = cls.call
+
+    def call(self, inputs, initial_state=None):
+        if initial_state is not None and len(initial_state) == 0:
+            initial_state = None
+        return original(self, inputs, initial_state=initial_state)
+
+    cls.call = call
+
+    def undo():
+        cls.call = original
+    return undo
 
 
 def _name_nodes(proto) -> dict:
@@ -473,6 +572,7 @@ def _fix_batch_one(proto, inputs):
             dim = value.type.tensor_type.shape.dim[0]
             dim.Clear()
             dim.dim_value = 1
+    del proto.graph.value_info[:]  # stale symbolic shapes; onnxsim infers them again
     return proto
 
 
@@ -489,6 +589,8 @@ def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs):
         verbosity="error",
         keep_ncw_or_nchw_or_ncdhw_input_names=keep_nchw or None,
         keep_shape_absolutely_input_names=keep_abs or None,
+        # Erf has no TFLite builtin; onnx2tf's polynomial stand-in is within 1.5e-7 of erf.
+        replace_to_pseudo_operators=["erf"],
     )
     args.update(kwargs)
     with _onnx2tf_sandbox(onnx2tf_pkg) as log:
@@ -517,11 +619,12 @@ def _describe_failure(exc: BaseException, proto, original_names: dict | None = N
     """One line: the ONNX node (name and op type) where onnx2tf stopped, and the error."""
     text = str(exc).strip() or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    msg = lines[0] if lines else text
-    for ln in lines:  # TF shape errors put the useful part on the first line already
-        if "Dimensions must be" in ln or "Incompatible shapes" in ln:
-            msg = ln
-            break
+    # Keras wraps the real error: "Exception encountered when calling layer ..." + the cause
+    useful = [ln for ln in lines if not ln.startswith(("Exception encountered", "Call arguments",
+                                                       "•", "Graph execution error", "Detected at"))]
+    msg = (useful or lines or [text])[0]
+    if isinstance(exc, ModuleNotFoundError) and "onnx2tf.ops." in msg:
+        msg = "onnx2tf has no converter for this op"
     msg = re.sub(r"\s+", " ", msg)[:300]
     op_name = getattr(exc, "onnx_op_name", None)
     if not op_name:
@@ -598,7 +701,9 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
     os.makedirs(workdir, exist_ok=True)
     try:
         # A graph with batch fixed at 1 is converted at batch 1 and mapped over the batch.
-        fixed_one = bool(inputs) and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
+        fixed_one = (bool(inputs) and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
+                     and all(o.rank >= 1 and o.shape[0] in (1, None) or
+                             (o.rank >= 1 and isinstance(o.shape[0], str)) for o in outputs))
         check_arrays = _check_inputs(model_proto, inputs, CHECK_BATCH)
         say("running onnxruntime for reference outputs")
         if fixed_one:
@@ -616,30 +721,42 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
 
         base = copy.deepcopy(model_proto)
         original_names = _name_nodes(base)
-        simplified = None
+        graphs: dict = {}  # (simplify, fixed_batch) -> prepared graph, built once
+
+        def prepared(strat):
+            key = (strat.simplify, strat.fixed_batch)
+            if key not in graphs:
+                graph = base
+                if key[1]:  # batch 1 first, so onnxsim folds the shape arithmetic of the batch
+                    graph = _fix_batch_one(graph, inputs)
+                if key[0]:
+                    try:
+                        graph = _simplify(graph)
+                    except Exception as exc:  # convert the graph as it is
+                        say(f"onnxsim failed, graph left as is: {_one_line(exc)}")
+                    original_names.update((k, v) for k, v in _name_nodes(graph).items()
+                                          if k not in original_names)
+                graphs[key] = graph
+            return graphs[key]
+
         failures: list[str] = []
         best = None
+        dynamic_batch = bool(inputs) and all(i.rank >= 1 and not isinstance(i.shape[0], int)
+                                             for i in inputs)
         for strat in _strategies(base, inputs):
+            if strat.fixed_batch and not dynamic_batch:
+                continue  # the graph's batch is fixed already
             t0 = time.perf_counter()
             say(f"converting with {strat.name}")
+            graph = base
             try:
-                graph = base
-                if strat.simplify:
-                    if simplified is None:
-                        simplified = _simplify(base)
-                        original_names.update(
-                            (k, v) for k, v in _name_nodes(simplified).items()
-                            if k not in original_names)
-                    graph = simplified
+                graph = prepared(strat)
                 map_batch = fixed_one or strat.fixed_batch
-                if strat.fixed_batch and not fixed_one:
-                    graph = _fix_batch_one(graph, inputs)
                 outdir = os.path.join(workdir, "onnx2tf")
                 keras_model, _ = _run_onnx2tf(onnx2tf_pkg, graph, inputs, layout, outdir,
                                               strat.kwargs)
             except Exception as exc:
-                reason = _describe_failure(exc, simplified if strat.simplify and simplified
-                                           is not None else base, original_names)
+                reason = _describe_failure(exc, graph, original_names)
                 failures.append(f"{strat.name}: {reason}")
                 say(f"{strat.name} failed: {reason}")
                 continue
@@ -648,7 +765,7 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                                          strat.name, check_arrays, refs)
             except Exception as exc:
                 reason = ("the converted graph does not run: "
-                          f"{_describe_failure(exc, base, original_names)}")
+                          f"{_describe_failure(exc, graph, original_names)}")
                 failures.append(f"{strat.name}: {reason}")
                 say(f"{strat.name} failed: {reason}")
                 continue
@@ -668,9 +785,10 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
             return best
         last = failures[-1].split(": ", 1)[-1] if failures else "unknown error"
         first = failures[0].split(": ", 1)[-1] if failures else last
-        detail = first if first == last else f"{first}; last attempt: {last}"
-        raise ConversionError(f"onnx2tf could not convert the graph: {detail}",
-                              hint=f"{len(failures)} strategies tried")
+        hint = f"{len(failures)} onnx2tf strategies tried"
+        if first != last:
+            hint += f"; the first failed at {first}"
+        raise ConversionError(f"onnx2tf could not convert the graph: {last}", hint=hint)
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -766,25 +884,66 @@ def _one_line(exc: BaseException) -> str:
 
 
 def save_tflite(tf_module, path: str) -> str:
-    """Write a float32 .tflite of `serve` (batch dimension dynamic: resize inputs before use,
-    as run_tflite does). Falls back to TF Select ops when a TF op has no TFLite builtin; such a
-    file needs an interpreter with the Flex delegate (tf.lite.Interpreter of full TensorFlow)."""
+    """Write a float32 .tflite of the model, batch dimension dynamic (run_tflite resizes it).
+
+    Tries, in order: `serve` as it is; the model traced at batch 1 and mapped over the batch
+    (needed when a While loop holds per-batch state, e.g. onnx2tf's LSTM: TFLite lowers tensor
+    lists only with static element shapes); then the same two with TF Select ops. A file with
+    Select ops needs the Flex delegate: run_tflite then uses tf.lite.Interpreter of full
+    TensorFlow; ai_edge_litert alone cannot run it."""
     tf = lazy.tensorflow()
-    concrete = tf_module.serve.get_concrete_function()
+    builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    select = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    functions = [("dynamic batch", lambda: tf_module.serve.get_concrete_function())]
+    if getattr(tf_module, "_forward", None) is not None:
+        functions.append(("batch 1 mapped over the batch", lambda: _batch_mapped(tf, tf_module)))
     errors = []
-    for ops in ([tf.lite.OpsSet.TFLITE_BUILTINS],
-                [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]):
-        try:
-            converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_module)
-            converter.target_spec.supported_ops = ops
-            with _quiet_fds():
-                blob = converter.convert()
+    for ops, ops_name in ((builtins, "builtins"), (select, "builtins + TF Select")):
+        for fn_name, make in functions:
+            try:
+                concrete = make()
+                converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_module)
+                converter.target_spec.supported_ops = ops
+                with _quiet_fds():
+                    blob = converter.convert()
+            except Exception as exc:
+                errors.append(f"{fn_name}, {ops_name}: {_tflite_error(exc)}")
+                continue
             with open(path, "wb") as fh:
                 fh.write(blob)
             return str(path)
-        except Exception as exc:
-            errors.append(_one_line(exc))
-    raise ConversionError(f"TFLite conversion failed: {errors[-1]}")
+    raise ConversionError(f"TFLite conversion failed: {errors[0]}",
+                          hint=f"{len(errors)} attempts; last: {errors[-1]}")
+
+
+def _tflite_error(exc: BaseException) -> str:
+    """The converter's own error line (its message starts with MLIR locations)."""
+    text = str(exc)
+    found = re.findall(r"error: ([^\n]+)", text)
+    found = [f for f in found if not f.startswith("failed while converting")]
+    return re.sub(r"\s+", " ", found[0])[:300] if found else _one_line(exc)
+
+
+def _batch_mapped(tf, tf_module):
+    """A concrete function with a dynamic batch that runs the model traced at batch 1."""
+    fixed = [tf.TensorSpec([1] + list(s.shape[1:]), s.dtype, name=s.name)
+             for s in tf_module.input_signature]
+    inner = tf.function(tf_module._forward, input_signature=fixed, autograph=False)
+    out_struct = inner.get_concrete_function().structured_outputs
+    flat_out = list(out_struct) if isinstance(out_struct, (tuple, list)) else [out_struct]
+    specs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in flat_out]
+    single = not isinstance(out_struct, (tuple, list))
+
+    def mapped(*args):
+        def one(sample):
+            outs = inner(*[tf.expand_dims(x, 0) for x in sample])
+            outs = [outs] if single else list(outs)
+            return [o[0] for o in outs]
+        outs = tf.map_fn(one, list(args), fn_output_signature=specs)
+        return outs[0] if single else tuple(outs)
+
+    return tf.function(mapped, input_signature=tf_module.input_signature,
+                       autograph=False).get_concrete_function()
 
 
 @contextlib.contextmanager
@@ -808,18 +967,29 @@ def _quiet_fds():
         os.close(devnull)
 
 
-def _tflite_interpreter(path: str):
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # the maintained TFLite runtime
-        return Interpreter(model_path=str(path))
-    except Exception:
-        tf = lazy.tensorflow()
-        return tf.lite.Interpreter(model_path=str(path))
+def _tflite_interpreter(path: str, flex: bool = False):
+    if not flex:
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # the maintained TFLite runtime
+            return Interpreter(model_path=str(path))
+        except ImportError:
+            pass
+    tf = lazy.tensorflow()  # its interpreter links the Flex delegate (TF Select ops)
+    return tf.lite.Interpreter(model_path=str(path))
 
 
 def run_tflite(path: str, inputs: list) -> list[np.ndarray]:
-    """Run a .tflite on `inputs` (in model input order), resizing to their shapes (batch)."""
-    interp = _tflite_interpreter(path)
+    """Run a .tflite on `inputs` (in model input order), resizing inputs to their shapes
+    (so any batch works); outputs in model output order."""
+    try:
+        return _run_tflite(_tflite_interpreter(path), inputs)
+    except RuntimeError as exc:
+        if "Flex" not in str(exc) and "Select TensorFlow op" not in str(exc):
+            raise
+    return _run_tflite(_tflite_interpreter(path, flex=True), inputs)
+
+
+def _run_tflite(interp, inputs) -> list[np.ndarray]:
     details = interp.get_input_details()
     if len(details) != len(inputs):
         raise ValueError(f"the TFLite model takes {len(details)} inputs, got {len(inputs)}")

@@ -73,6 +73,9 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
         fixes[f"opset-{downgraded}-to-{target_opset}"] += 1
     fixes["constant-fold"] += _fold_constants(model, _default_opset(model), use_shapes=True)
     fixes["identity-fold"] += _fold_identities(model)
+    if _materialize_known_values(model):
+        fixes["static-shape-fold"] += 1
+        fixes["constant-fold"] += _fold_constants(model, _default_opset(model))
     fixes["reshape-static-target"] += _simplify_reshapes(model)
     fixes["output-identity"] += _separate_graph_outputs(model)
     _remove_dead(model)
@@ -180,18 +183,50 @@ def _fold_identities(model) -> int:
     return count
 
 
+def _numel(tensor) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= int(d)
+    return n
+
+
+def _light_copy(model, max_elements: int = 4096):
+    """A copy of `model` for shape inference: initializers bigger than `max_elements` become
+    typed graph inputs (their values are never needed to infer shapes, and copying and
+    serialising hundreds of MB of weights is what makes shape inference slow)."""
+    from onnx import helper
+
+    onnx = lazy.onnx()
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    inputs = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if _numel(init) <= max_elements or init.data_location == 1:
+            graph.initializer.append(init)
+        elif init.name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
 def _value_types(model, use_shapes: bool):
     """name -> TypeProto.tensor_type for every value onnx shape inference can type."""
     onnx = lazy.onnx()
-    if use_shapes and model.ByteSize() < (1 << 31) - (1 << 24):
+    graph = model.graph
+    if use_shapes:
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(_light_copy(model), strict_mode=False,
+                                                         data_prop=True)
             graph = inferred.graph
         except Exception as exc:  # shape inference is an aid, not a requirement
             _LOG.debug("shape inference failed: %s", exc)
-            graph = model.graph
-    else:
-        graph = model.graph
     types = {}
     for value in list(graph.value_info) + list(graph.input) + list(graph.output):
         if value.type.HasField("tensor_type"):
@@ -250,7 +285,7 @@ def _fold_constants(model, opset: int, use_shapes: bool = False) -> int:
                                           dtype=np.int64)]
         elif node.input and all(name == "" or name in consts for name in node.input) \
                 and node.op_type not in ("Constant",):
-            sizes = [consts[n].ByteSize() for n in node.input if n]
+            sizes = [_numel(consts[n]) for n in node.input if n]
             try:
                 evaluator = ReferenceEvaluator(node, opsets={"": opset})
                 feeds = {name: array(name) for name in node.input if name}
@@ -352,48 +387,247 @@ def _downgrade_opset(model, target: int):
     if current <= target:
         return model, 0
     try:
-        converted = version_converter.convert_version(model, target)
-    except Exception as exc:  # the converter names the op it cannot adapt
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        ops = sorted({n.op_type for n in model.graph.node})
-        raise ConversionError(
-            f"cannot lower ONNX opset {current} to {target} for onnx2torch: {message}",
-            hint=f"re-export the model at opset {target} (ops in graph: {', '.join(ops[:12])})") from exc
+        converted = _restore_initializers(version_converter.convert_version(_light_copy(model), target), model)
+    except Exception as exc:  # e.g. "No Adapter From Version $18 for Split": lower by hand
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        _LOG.info("onnx.version_converter failed (%s); lowering the ops by hand", message[:200])
+        converted = onnx.ModelProto()
+        converted.CopyFrom(model)
+        _lower_by_hand(converted, target)
+    _fix_reduce_attributes(converted, target)
+    problem = _check_problem(converted)
+    if problem and not _check_problem(model):  # only complain about what the lowering broke
+        raise ConversionError(f"lowering ONNX opset {current} to {target} gave an invalid graph: {problem}",
+                              hint=f"re-export the model at opset {target}")
     return converted, current
 
 
-# --- symbolic values of small int64 shape tensors -------------------------------------
-class _Dim:
-    """An unknown (dynamic) dimension, tagged by where it came from."""
+def _restore_initializers(light, model):
+    """Put back the big initializers `_light_copy` turned into graph inputs."""
+    kept = {i.name for i in light.graph.initializer}
+    original_inputs = {i.name for i in model.graph.input}
+    moved = [init for init in model.graph.initializer if init.name not in kept]
+    moved_names = {init.name for init in moved}
+    inputs = [i for i in light.graph.input if i.name not in moved_names or i.name in original_inputs]
+    del light.graph.input[:]
+    light.graph.input.extend(inputs)
+    light.graph.initializer.extend(moved)
+    return light
 
-    __slots__ = ("tag",)
 
-    def __init__(self, tag):
-        self.tag = tag
+def _check_problem(model) -> str | None:
+    """onnx.checker's complaint about `model` (first line), or None."""
+    onnx = lazy.onnx()
+    try:
+        onnx.checker.check_model(_light_copy(model))
+    except onnx.checker.ValidationError as exc:
+        return (str(exc).strip().splitlines() or ["invalid model"])[0][:300]
+    return None
 
-    def __repr__(self):
-        return f"Dim({self.tag})"
+
+# attributes added after opset 17 that may be dropped when they hold their default value
+_DEFAULT_ONLY_ATTRS = {"saturate": 1, "antialias": 0, "keep_aspect_ratio_policy": b"stretch",
+                       "block_size": 0, "output_dtype": 0, "ceil_mode": 0}
 
 
-def _shape_values(model, types):
-    """Partial evaluation of 1-D int shape tensors: name -> (rank, [int | _Dim, ...])."""
+def _lower_by_hand(model, target: int) -> None:
+    """Rewrite nodes whose op version is newer than opset `target` into their older form.
+
+    Handles the changes of opsets 18-2x that real exporters produce: Reduce* axes input ->
+    attribute, Split num_outputs -> split sizes, Pad axes input -> full pads, attributes that
+    hold their default (AveragePool dilations of 1, Cast saturate, Resize antialias...), and
+    version bumps that only added types. Anything else raises ConversionError naming the op."""
     import numpy as np
+    from onnx import defs, helper, numpy_helper
+
+    graph = model.graph
+    current = _default_opset(model)
+    inits = {i.name: i for i in graph.initializer}
+    types = _value_types(model, True)
+
+    def const(name):
+        if name not in inits:
+            return None
+        return numpy_helper.to_array(inits[name])
+
+    def fail(node, since, why):
+        raise ConversionError(f"cannot lower {node.op_type} (op version {since}) to opset {target} "
+                              f"for onnx2torch: {why}", hint=f"re-export the model at opset {target}")
+
+    new_nodes = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            new_nodes.append(node)
+            continue
+        try:
+            cur = defs.get_schema(node.op_type, current, "")
+        except Exception:  # not an ONNX op: leave it (onnx2torch will say if it lacks it)
+            new_nodes.append(node)
+            continue
+        try:
+            old = defs.get_schema(node.op_type, target, "")
+        except Exception:
+            fail(node, cur.since_version, f"the op does not exist before opset {cur.since_version}")
+        if cur.since_version == old.since_version:
+            new_nodes.append(node)
+            continue
+        op = node.op_type
+        attrs = {a.name: a for a in node.attribute}
+        inputs = list(node.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        if op.startswith("Reduce") and len(inputs) <= 2 and "axes" not in attrs:
+            axes = const(inputs[1]) if len(inputs) == 2 else np.zeros(0, np.int64)
+            if axes is None:
+                fail(node, cur.since_version, "its axes are computed at run time")
+            noop = attrs["noop_with_empty_axes"].i if "noop_with_empty_axes" in attrs else 0
+            if axes.size == 0 and noop:
+                new_nodes.append(helper.make_node("Identity", inputs[:1], list(node.output), name=node.name))
+                continue
+            kwargs = {"keepdims": attrs["keepdims"].i} if "keepdims" in attrs else {}
+            if axes.size:
+                kwargs["axes"] = [int(a) for a in axes.reshape(-1)]
+            new_nodes.append(helper.make_node(op, inputs[:1], list(node.output), name=node.name, **kwargs))
+            continue
+        if op == "Split" and "num_outputs" in attrs:
+            node.attribute.remove(attrs.pop("num_outputs"))
+            if len(inputs) < 2:
+                axis = attrs["axis"].i if "axis" in attrs else 0
+                shape = _static_shape(types.get(inputs[0]))
+                count = len(node.output)
+                if shape is not None:
+                    dim = shape[axis]
+                    chunk = -(-dim // count)
+                    sizes = [chunk] * (count - 1) + [dim - chunk * (count - 1)]
+                    name = f"{node.output[0]}{_SUFFIX}_split"
+                    graph.initializer.append(numpy_helper.from_array(np.asarray(sizes, np.int64), name))
+                    del node.input[:]
+                    node.input.extend([inputs[0], name])
+                # unknown dim: Split-13 without sizes splits evenly, as num_outputs does when it divides
+        elif op == "Pad" and len(inputs) == 4:
+            pads, axes = const(inputs[1]), const(inputs[3])
+            shape = types.get(inputs[0])
+            rank = len(shape.shape.dim) if shape is not None and shape.HasField("shape") else None
+            if pads is None or axes is None or rank is None:
+                fail(node, cur.since_version, "its pads/axes are computed at run time")
+            full = np.zeros(2 * rank, np.int64)
+            for k, axis in enumerate(axes.reshape(-1)):
+                full[int(axis) % rank] = pads[k]
+                full[int(axis) % rank + rank] = pads[k + len(axes)]
+            name = f"{node.output[0]}{_SUFFIX}_pads"
+            graph.initializer.append(numpy_helper.from_array(full, name))
+            del node.input[:]
+            node.input.extend([inputs[0], name] + inputs[2:3])
+        elif op in ("GridSample", "DFT", "Col2Im") or len(inputs) > old.max_input:
+            fail(node, cur.since_version, f"its form changed after opset {old.since_version}")
+        if op == "Pad" and "mode" in attrs and attrs["mode"].s == b"wrap":
+            fail(node, cur.since_version, "mode 'wrap' does not exist before opset 19")
+        if op == "Resize" and "coordinate_transformation_mode" in attrs \
+                and attrs["coordinate_transformation_mode"].s == b"half_pixel_symmetric":
+            fail(node, cur.since_version, "half_pixel_symmetric does not exist before opset 19")
+        for name, attr in list(attrs.items()):
+            if name in old.attributes:
+                continue
+            value = helper.get_attribute_value(attr)
+            if name == "dilations" and all(v == 1 for v in value):
+                node.attribute.remove(attr)
+            elif name in _DEFAULT_ONLY_ATTRS and value == _DEFAULT_ONLY_ATTRS[name]:
+                node.attribute.remove(attr)
+            else:
+                fail(node, cur.since_version, f"attribute {name}={value!r} does not exist at version "
+                                              f"{old.since_version}")
+        new_nodes.append(node)
+    _replace_nodes(graph, new_nodes)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = target
+
+
+_REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+
+
+def _fix_reduce_attributes(model, target: int) -> None:
+    """version_converter (onnx 1.23) keeps `noop_with_empty_axes` when it lowers Reduce* ops
+    from 18 to 13, which the older schema does not have (onnxruntime rejects the graph).
+    The attribute only matters without axes: then noop=1 makes the op an Identity."""
+    from onnx import helper
+
+    if target >= 18:
+        return
+    new_nodes = []
+    for node in model.graph.node:
+        if node.op_type in _REDUCE_OPS and node.domain in ("", "ai.onnx"):
+            noop = [a for a in node.attribute if a.name == "noop_with_empty_axes"]
+            if noop:
+                has_axes = any(a.name == "axes" and len(a.ints) for a in node.attribute)
+                if noop[0].i and not has_axes:
+                    node = helper.make_node("Identity", [node.input[0]], list(node.output), name=node.name)
+                else:
+                    node.attribute.remove(noop[0])
+        new_nodes.append(node)
+    _replace_nodes(model.graph, new_nodes)
+
+
+# --- symbolic values of small integer (shape) tensors ----------------------------------
+# An entry is an int or an expression: ("dim", node_index, axis) = dim `axis` of the input of
+# the Shape node at `node_index` in graph.node, or (op, a, b) with op in add/sub/mul/div/mod.
+_ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Mod": "mod"}
+
+
+def _arith(op: str, a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        if op == "add":
+            return a + b
+        if op == "sub":
+            return a - b
+        if op == "mul":
+            return a * b
+        if op == "div":
+            return int(a / b) if b else None  # ONNX integer Div truncates
+        return a % b if b else None
+    if op == "mul" and (a == 1 or b == 1):
+        return b if a == 1 else a
+    if op in ("add", "sub") and b == 0:
+        return a
+    if op == "div" and b == 1:
+        return a
+    return (op, a, b)
+
+
+def _broadcast_entries(a, b):
+    if len(a) == 1 and len(b) > 1:
+        a = a * len(b)
+    if len(b) == 1 and len(a) > 1:
+        b = b * len(a)
+    return (a, b) if len(a) == len(b) else (None, None)
+
+
+def _shape_values(model, types, max_len: int = 64):
+    """Partial evaluation of small int tensors: value name -> (rank, [entry, ...]).
+
+    Follows Shape, Gather (axis 0, constant indices), Slice (axis 0, constant, step 1), Equal, Where,
+    Concat, Unsqueeze/Squeeze (rank 0 <-> 1), Reshape to rank <= 1, Cast to an int type,
+    Identity and elementwise Add/Sub/Mul/Div/Mod; other values are unknown (absent)."""
     from onnx import numpy_helper
 
     graph = model.graph
     values = {}
+    known_dims = {}  # value name -> [entry | None] per dim, beyond what shape inference knows
     for init in graph.initializer:
-        if init.data_type in (6, 7) and len(init.dims) <= 1 and (not init.dims or init.dims[0] <= 64):
+        if init.data_type in (6, 7) and len(init.dims) <= 1 and (not init.dims or init.dims[0] <= max_len):
             arr = numpy_helper.to_array(init)
             values[init.name] = (arr.ndim, [int(v) for v in arr.reshape(-1)])
 
-    def const_list(name):
+    def ints(name):
         entry = values.get(name)
-        if entry is None or any(isinstance(v, _Dim) for v in entry[1]):
+        if entry is None or not all(isinstance(v, int) for v in entry[1]):
             return None
         return entry[1]
 
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
         op = node.op_type
         ins = list(node.input)
         attrs = {a.name: a for a in node.attribute}
@@ -402,42 +636,119 @@ def _shape_values(model, types):
             if op == "Shape":
                 tensor_type = types.get(ins[0])
                 if tensor_type is not None and tensor_type.HasField("shape"):
+                    known = known_dims.get(ins[0], [])
                     dims = []
-                    for k, dim in enumerate(tensor_type.shape.dim):
-                        if dim.HasField("dim_value"):
-                            dims.append(int(dim.dim_value))
+                    for k, d in enumerate(tensor_type.shape.dim):
+                        if d.HasField("dim_value"):
+                            dims.append(int(d.dim_value))
+                        elif k < len(known) and known[k] is not None:
+                            dims.append(known[k])
                         else:
-                            dims.append(_Dim((ins[0], k)))
+                            dims.append(("dim", index, k))
+                    rank = len(dims)
                     start = attrs["start"].i if "start" in attrs else 0
-                    end = attrs["end"].i if "end" in attrs else len(dims)
+                    end = attrs["end"].i if "end" in attrs else rank
                     result = (1, dims[slice(start, end)])
             elif op in ("Cast", "Identity") and ins[0] in values:
-                result = values[ins[0]]
-            elif op == "Gather" and ins[0] in values and const_list(ins[1]) is not None \
-                    and (attrs["axis"].i if "axis" in attrs else 0) == 0:
+                if op == "Identity" or attrs["to"].i in (6, 7):
+                    result = values[ins[0]]
+            elif op == "Gather" and ins[0] in values and ints(ins[1]) is not None \
+                    and (attrs["axis"].i if "axis" in attrs else 0) == 0 and values[ins[0]][0] == 1:
                 src = values[ins[0]][1]
-                idx = const_list(ins[1])
-                rank_idx = values[ins[1]][0]
-                picked = [src[i] for i in idx]
-                result = (rank_idx, picked)
+                result = (values[ins[1]][0], [src[i] for i in ints(ins[1])])
             elif op == "Unsqueeze" and ins[0] in values and values[ins[0]][0] == 0:
                 result = (1, values[ins[0]][1])
             elif op == "Squeeze" and ins[0] in values and len(values[ins[0]][1]) == 1:
                 result = (0, values[ins[0]][1])
+            elif op == "Reshape" and ins[0] in values and ints(ins[1]) is not None \
+                    and len(ints(ins[1])) <= 1:
+                result = (len(ints(ins[1])), values[ins[0]][1])
+            elif op == "Reshape" and ins[1] in values:
+                # the output's dims are the target's entries (-1 and 0 stay unknown)
+                known_dims[node.output[0]] = [
+                    None if isinstance(v, int) and v <= 0 else v for v in values[ins[1]][1]]
             elif op == "Concat" and all(i in values for i in ins):
                 result = (1, [v for i in ins for v in values[i][1]])
             elif op == "Slice" and ins[0] in values and values[ins[0]][0] == 1:
-                starts, ends = const_list(ins[1]), const_list(ins[2])
-                axes = const_list(ins[3]) if len(ins) > 3 and ins[3] else [0]
-                steps = const_list(ins[4]) if len(ins) > 4 and ins[4] else [1]
-                if starts is not None and ends is not None and axes in ([0], [-1]) and steps is not None:
+                starts, ends = ints(ins[1]), ints(ins[2])
+                axes = ints(ins[3]) if len(ins) > 3 and ins[3] else [0]
+                steps = ints(ins[4]) if len(ins) > 4 and ins[4] else [1]
+                if starts is not None and ends is not None and axes in ([0], [-1]) and steps == [1]:
                     src = values[ins[0]][1]
-                    result = (1, src[slice(starts[0], min(ends[0], len(src) + 1), steps[0])])
+                    result = (1, src[slice(starts[0], ends[0])])
+            elif op == "Equal" and ins[0] in values and ins[1] in values:
+                (ra, a), (rb, b) = values[ins[0]], values[ins[1]]
+                a, b = _broadcast_entries(a, b)
+
+                def equal(x, y):
+                    if isinstance(x, int) and isinstance(y, int):
+                        return int(x == y)
+                    if isinstance(x, int) and x < 0 or isinstance(y, int) and y < 0:
+                        return 0  # a dim is never negative
+                    return None
+
+                entries = [equal(x, y) for x, y in zip(a, b)] if a is not None else [None]
+                if all(e is not None for e in entries):
+                    result = (max(ra, rb), entries)
+            elif op == "Where" and all(i in values for i in ins) and ints(ins[0]) is not None:
+                cond, a, b = ints(ins[0]), values[ins[1]][1], values[ins[2]][1]
+                size = max(len(cond), len(a), len(b))
+                cond, a, b = (v * size if len(v) == 1 else v for v in (cond, a, b))
+                if len(cond) == len(a) == len(b):
+                    result = (max(values[i][0] for i in ins), [x if c else y for c, x, y in zip(cond, a, b)])
+            elif op in _ARITH and ins[0] in values and ins[1] in values:
+                (ra, a), (rb, b) = values[ins[0]], values[ins[1]]
+                if len(a) == 1 and len(b) > 1:
+                    a = a * len(b)
+                if len(b) == 1 and len(a) > 1:
+                    b = b * len(a)
+                if len(a) == len(b):
+                    entries = [_arith(_ARITH[op], x, y) for x, y in zip(a, b)]
+                    if all(e is not None for e in entries):
+                        result = (max(ra, rb), entries)
         except (IndexError, KeyError, ValueError, TypeError):
             result = None
-        if result is not None and node.output:
+        if result is not None and len(result[1]) <= max_len:
             values[node.output[0]] = result
     return values
+
+
+def _materialize_known_values(model) -> int:
+    """Small int tensors computed from static dims (e.g. Gather(Shape(x), 1) where dim 1 of x
+    is static) become initializers, so the rest of their subgraph folds to constants."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if not any(n.op_type == "Shape" for n in graph.node):
+        return 0
+    types = _value_types(model, True)
+    values = _shape_values(model, types)
+    outputs = _graph_output_names(graph)
+    inits = {i.name for i in graph.initializer}
+    count = 0
+    keep = []
+    for node in graph.node:
+        entry = values.get(node.output[0]) if len(node.output) == 1 else None
+        if entry is None or node.output[0] in outputs or node.output[0] in inits \
+                or not all(isinstance(v, int) for v in entry[1]):
+            keep.append(node)
+            continue
+        tensor_type = types.get(node.output[0])
+        dtype = {6: np.int32, 7: np.int64, 9: np.bool_}.get(tensor_type.elem_type if tensor_type else 7)
+        if dtype is None:
+            keep.append(node)
+            continue
+        arr = np.asarray(entry[1], dtype=dtype)
+        if entry[0] == 0:
+            arr = arr.reshape(())
+        graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+        inits.add(node.output[0])
+        count += 1
+    if count:
+        _replace_nodes(graph, keep)
+        _remove_dead(model)
+    return count
 
 
 def _simplify_reshapes(model) -> int:
@@ -467,29 +778,22 @@ def _simplify_reshapes(model) -> int:
         if entry is None:
             continue
         dims = list(entry[1])
-        unknown = [k for k, v in enumerate(dims) if isinstance(v, _Dim)]
-        known_zero = any((not isinstance(v, _Dim)) and v == 0 for v in dims)
-        if allowzero and not known_zero:
+        unknown = [k for k, v in enumerate(dims) if not isinstance(v, int)]
+        if allowzero and not any(v == 0 for v in dims if isinstance(v, int)):
             node.attribute.remove(allowzero_attr[0])
             allowzero = False
-        if not unknown or len(unknown) > 1 or -1 in dims:
-            if unknown:
-                continue
-        target = list(dims)
-        if unknown:
-            # a dim copied from the input at the same position (ONNX 0 = copy) keeps it dynamic
-            # without a -1; otherwise the single unknown becomes -1
-            target[unknown[0]] = -1
-        if any(v == 0 for v in target) and allowzero:
+        if len(unknown) > 1 or (unknown and -1 in dims) or (allowzero and 0 in dims):
             continue
-        # resolve ONNX "0 = copy the input dim" where the input dim is static
-        in_shape = types.get(node.input[0])
+        target = [v if isinstance(v, int) else -1 for v in dims]
+        # resolve ONNX's "0 = copy the input's dim" where that dim is static
+        in_type = types.get(node.input[0])
+        in_dims = list(in_type.shape.dim) if in_type is not None and in_type.HasField("shape") else []
         for k, v in enumerate(target):
-            if v == 0 and not allowzero:
-                dim = in_shape.shape.dim[k] if in_shape is not None and in_shape.HasField("shape") \
-                    and k < len(in_shape.shape.dim) else None
-                if dim is not None and dim.HasField("dim_value"):
-                    target[k] = int(dim.dim_value)
+            if v == 0 and k < len(in_dims) and in_dims[k].HasField("dim_value"):
+                target[k] = int(in_dims[k].dim_value)
+        if not unknown and node.input[1] in {i.name for i in graph.initializer} \
+                and target == dims:
+            continue
         name = f"{node.input[1]}{_SUFFIX}_static{count}"
         graph.initializer.append(numpy_helper.from_array(np.asarray(target, dtype=np.int64), name))
         node.input[1] = name
@@ -591,9 +895,10 @@ def _remove_dead(model) -> None:
     live.reverse()
     if len(live) != len(graph.node):
         _replace_nodes(graph, live)
-    unused = [init for init in graph.initializer if init.name not in needed]
-    for init in unused:
-        graph.initializer.remove(init)
+    if any(init.name not in needed for init in graph.initializer):
+        used = [init for init in graph.initializer if init.name in needed]
+        del graph.initializer[:]
+        graph.initializer.extend(used)
 
 
 # --------------------------------------------------------------------------------------
@@ -607,9 +912,9 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
     say = progress or (lambda message: None)
     torch = lazy.torch()
     onnx2torch = lazy.require("onnx2torch", "convert ONNX to PyTorch")
-    from . import _onnx2torch_rnn
+    from . import _onnx2torch_extra
 
-    _onnx2torch_rnn.register()
+    _onnx2torch_extra.register()
     say("preparing the ONNX graph for onnx2torch")
     prepared = prepare_for_onnx2torch(model_proto)
     _check_converters(prepared)
@@ -620,11 +925,142 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
         raise
     except Exception as exc:
         raise _conversion_error(exc, prepared) from exc
+    try:
+        rewritten = _export_friendly(module, prepared)
+    except Exception as exc:  # the module works as onnx2torch built it; only exporting suffers
+        _LOG.warning("could not make the converted module export-friendly: %s", exc)
+        rewritten = 0
+    if rewritten:
+        say(f"replaced {rewritten} shape-reading onnx2torch modules by export-friendly ones")
     module.eval()
     with torch.no_grad():
         for param in module.parameters():
             param.requires_grad_(False)
     return module
+
+
+_SHAPE_INPUTS = {  # ONNX op -> indices of inputs that are shapes / indices read as Python values
+    "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Tile": (1,),
+    "Slice": (1, 2, 3, 4), "Split": (1,), "Range": (0, 1, 2), "Pad": (1,),
+    "Squeeze": (1,), "Unsqueeze": (1,),
+}
+
+
+def _export_friendly(module, prepared) -> int:
+    """Swap onnx2torch modules that read shapes from tensor data (Reshape, Expand, Slice...)
+    for modules that compute them from `tensor.shape`, where the ONNX graph tells how.
+
+    Returns the number of modules replaced. torch.export can then keep a dynamic batch, and
+    torch.jit.trace records the shape arithmetic instead of freezing it."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    from . import _onnx2torch_extra as extra
+
+    torch = lazy.torch()
+    graph = prepared.graph
+    types = _value_types(prepared, True)
+    values = _shape_values(prepared, types)
+    unique_names = list(OnnxGraph(graph).nodes.keys())
+    fx_graph = module.graph
+    fx_nodes = {n.target: n for n in fx_graph.nodes if n.op == "call_module"}
+    inits = {i.name: i for i in graph.initializer}
+    count = 0
+
+    for index, node in enumerate(graph.node):
+        spec_inputs = _SHAPE_INPUTS.get(node.op_type)
+        if spec_inputs is None or node.domain not in ("", "ai.onnx"):
+            continue
+        fx_node = fx_nodes.get(unique_names[index])
+        if fx_node is None:
+            continue
+        specs = []
+        for k in spec_inputs:
+            name = node.input[k] if k < len(node.input) else ""
+            specs.append(None if not name else values.get(name, (None, None))[1])
+        if any(spec is None for k, spec in zip(spec_inputs, specs)
+               if k < len(node.input) and node.input[k]) or specs[0] is None:
+            continue
+        sources: list = []  # fx nodes whose .shape the expressions read
+
+        def remap(expr):
+            if isinstance(expr, int):
+                return expr
+            if expr[0] == "dim":
+                shape_node = fx_nodes.get(unique_names[expr[1]])
+                if shape_node is None or not shape_node.args:
+                    raise LookupError("shape source not in the torch graph")
+                source = shape_node.args[0]
+                if source not in sources:
+                    sources.append(source)
+                return ("dim", sources.index(source), expr[2])
+            return (expr[0], remap(expr[1]), remap(expr[2]))
+
+        try:
+            specs = [None if spec is None else [remap(e) for e in spec] for spec in specs]
+            attrs = {a.name: a for a in node.attribute}
+            op = node.op_type
+            if op == "Reshape":
+                new = extra.NbReshape(specs[0], attrs["allowzero"].i if "allowzero" in attrs else 0)
+            elif op == "Expand":
+                new = extra.NbExpand(specs[0])
+            elif op == "Tile":
+                new = extra.NbTile(specs[0])
+            elif op == "ConstantOfShape":
+                value = numpy_helper.to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+                dtype = torch.from_numpy(np.ascontiguousarray(value)).dtype
+                new = extra.NbConstantOfShape(specs[0], value.reshape(-1)[0].item(), dtype)
+            elif op == "Slice":
+                starts, ends, axes, steps = specs
+                axes = axes if axes is not None else list(range(len(starts)))
+                steps = steps if steps is not None else [1] * len(starts)
+                if not all(isinstance(a, int) for a in axes) \
+                        or not all(isinstance(st, int) and st > 0 for st in steps):
+                    continue
+                new = extra.NbSlice(starts, ends, axes, steps)
+            elif op in ("Squeeze", "Unsqueeze"):
+                if not all(isinstance(a, int) for a in specs[0]):
+                    continue
+                new = (extra.NbSqueeze if op == "Squeeze" else extra.NbUnsqueeze)(specs[0])
+            elif op == "Split":
+                new = extra.NbSplit(specs[0], attrs["axis"].i if "axis" in attrs else 0)
+            elif op == "Range":
+                out_type = types.get(node.output[0])
+                if out_type is None or out_type.elem_type not in (6, 7):
+                    continue
+                if any(len(spec) != 1 for spec in specs):
+                    continue
+                new = extra.NbRange(*(spec[0] for spec in specs),
+                                    torch.int64 if out_type.elem_type == 7 else torch.int32)
+            elif op == "Pad":
+                mode = attrs["mode"].s.decode() if "mode" in attrs else "constant"
+                value = 0.0
+                if len(node.input) > 2 and node.input[2]:
+                    if node.input[2] not in inits:
+                        continue
+                    value = numpy_helper.to_array(inits[node.input[2]]).reshape(-1)[0].item()
+                if mode not in extra.NbPad._MODES or (len(node.input) > 3 and node.input[3]):
+                    continue
+                new = extra.NbPad(specs[0], mode, value)
+            else:
+                continue
+        except (LookupError, KeyError, ValueError):
+            continue
+        target = f"{unique_names[index]}{_SUFFIX}"
+        module.add_submodule(target, new)
+        data_args = () if node.op_type in ("ConstantOfShape", "Range") else (fx_node.args[0],)
+        with fx_graph.inserting_before(fx_node):
+            replacement = fx_graph.call_module(target, args=data_args + tuple(sources))
+        fx_node.replace_all_uses_with(replacement)
+        fx_graph.erase_node(fx_node)
+        count += 1
+    if count:
+        fx_graph.eliminate_dead_code()
+        fx_graph.lint()
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return count
 
 
 def _check_converters(model) -> None:
@@ -681,15 +1117,30 @@ def _conversion_error(exc: Exception, model) -> ConversionError:
 # --------------------------------------------------------------------------------------
 # saving a program that needs only torch
 # --------------------------------------------------------------------------------------
+class SavedFormat(str):
+    """The format save_torch_program wrote ("exported" / "torchscript"), with details."""
+
+    fixed_batch: bool
+    notes: list
+
+    def __new__(cls, value: str, *, fixed_batch: bool = False, notes=None):
+        obj = super().__new__(cls, value)
+        obj.fixed_batch = bool(fixed_batch)
+        obj.notes = list(notes or [])
+        return obj
+
+
 def save_torch_program(module, example_inputs: list, path, *, dynamic_batch: bool = True,
                        prefer: str = "exported") -> str:
     """Write `module` so that plain `torch` can load and run it (nothing of onnx2torch needed).
 
     First `torch.export.export` (dim 0 of every input dynamic when `dynamic_batch`) and
     `torch.export.save`; if export fails, `torch.jit.trace` + `torch.jit.save` (TorchScript).
-    `prefer="torchscript"` goes straight to TorchScript. Returns "exported" or "torchscript";
-    when the dynamic batch could not be kept, a warning is logged and the returned format
-    gets the suffix "+fixed-batch" (e.g. "torchscript+fixed-batch").
+    `prefer="torchscript"` goes straight to TorchScript. Returns "exported" or "torchscript"
+    as a `SavedFormat` (a str): its `.fixed_batch` is True, and a warning is logged, when the
+    saved program does not run at a batch size other than the example's; `.notes` says why
+    a fallback was taken. The program is checked against `module` at the example batch and,
+    with `dynamic_batch`, at the example batch + 1.
     """
     torch = lazy.torch()
     if prefer not in ("exported", "torchscript"):
@@ -702,7 +1153,7 @@ def save_torch_program(module, example_inputs: list, path, *, dynamic_batch: boo
     if prefer == "exported":
         try:
             fixed = _save_exported(torch, module, inputs, path, dynamic_batch)
-            return "exported" + ("+fixed-batch" if fixed else "")
+            return SavedFormat("exported", fixed_batch=fixed, notes=errors)
         except Exception as exc:  # fall back to TorchScript
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             errors.append(f"torch.export: {type(exc).__name__}: {detail}")
@@ -713,7 +1164,7 @@ def save_torch_program(module, example_inputs: list, path, *, dynamic_batch: boo
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         errors.append(f"torch.jit.trace: {type(exc).__name__}: {detail}")
         raise ConversionError("could not save a torch program: " + "; ".join(errors)) from exc
-    return "torchscript" + ("+fixed-batch" if fixed else "")
+    return SavedFormat("torchscript", fixed_batch=fixed, notes=errors)
 
 
 def _batch_variant(torch, inputs, batch: int):
@@ -815,4 +1266,4 @@ def load_torch_program(path):
 
 
 __all__ = ["prepare_for_onnx2torch", "convert_onnx_to_torch", "save_torch_program",
-           "load_torch_program", "TARGET_OPSET"]
+           "load_torch_program", "SavedFormat", "TARGET_OPSET"]
