@@ -312,7 +312,7 @@ def _tfconverted_class():
     return TFConverted
 
 
-def _lift_captures(tf, concrete, signature, min_elements: int = 16):
+def _lift_captures(tf, concrete, signature):
     """Rebuild `concrete` with its captured float constants turned into tf.Variables.
 
     Returns (tf.function with `signature`, variables it reads). The traced graph is imported
@@ -331,7 +331,7 @@ def _lift_captures(tf, concrete, signature, min_elements: int = 16):
                 raise ValueError("a captured resource that is not a variable")
             feeds.append((internal.name, "handle", var))
             variables.append(var)
-        elif external.dtype.is_floating and external.shape.num_elements() >= min_elements:
+        elif external.dtype.is_floating and external.shape.rank:  # weights; scalars stay
             var = tf.Variable(external, trainable=False, name=f"w{len(variables)}")
             feeds.append((internal.name, "value", var))
             variables.append(var)
@@ -348,7 +348,7 @@ def _lift_captures(tf, concrete, signature, min_elements: int = 16):
     def imported(*args):
         input_map = dict(zip(arg_names, args))
         for name, kind, src in feeds:
-            input_map[name] = (src.handle if kind == "handle" else
+            input_map[name] = (tf.identity(src.handle) if kind == "handle" else
                                src.read_value() if kind == "value" else tf.constant(src))
         return tf.graph_util.import_graph_def(graph_def, input_map=input_map,
                                               return_elements=out_names, name="m")

@@ -461,6 +461,11 @@ def _save_tflite(handle: ModelHandle, path: str) -> str:
 
 def describe(handle: ModelHandle) -> dict:
     obj = handle.obj
+    if handle.format == "savedmodel" and handle.source:
+        count = _checkpoint_parameters(handle.source)
+        return {"class": "SavedModel (serving_default signature)",
+                # None: the weights are graph constants, not checkpoint variables
+                "parameters": count or None}
     params = 0
     variables = getattr(obj, "weights", None) or getattr(obj, "variables", None)
     if variables is None and getattr(handle, "saved_object", None) is not None:
@@ -471,3 +476,22 @@ def describe(handle: ModelHandle) -> dict:
         params = int(sum(np.prod(v.shape) for v in variables))
     return {"class": f"{type(obj).__module__}.{type(obj).__name__}", "parameters": params}
 
+
+
+def _checkpoint_parameters(folder: str) -> int:
+    """Count the values in a SavedModel's variables checkpoint without loading the graph."""
+    tf = _tf()
+    prefix = Path(folder) / "variables" / "variables"
+    try:
+        entries = tf.train.list_variables(str(prefix))
+    except Exception:
+        return 0
+    total = 0
+    for name, shape in entries:
+        if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") or "save_counter" in name:
+            continue
+        size = 1
+        for d in shape:
+            size *= d
+        total += size
+    return total

@@ -367,6 +367,10 @@ def save(handle: ModelHandle, path: str, target: str, options) -> str:
 
 def describe(handle: ModelHandle) -> dict:
     module = handle.obj
-    params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
+    params = 0
+    if hasattr(module, "parameters"):
+        params = sum(p.numel() for p in module.parameters())
+        if params == 0:  # converted graphs may hold their weights as buffers
+            params = sum(b.numel() for b in module.buffers() if b.is_floating_point())
     return {"class": f"{type(module).__module__}.{type(module).__name__}", "parameters": params}
 

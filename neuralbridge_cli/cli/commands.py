@@ -158,7 +158,8 @@ def load(
 
     stdout.print(f"[bold]{info['name']}[/bold] loaded as {info['framework']}: {info['class']}"
                  + (f" (converted via {' -> '.join(info['route'])})" if info["route"] else ""))
-    stdout.print(f"  parameters  {info['parameters']:,}")
+    if info["parameters"] is not None:
+        stdout.print(f"  parameters  {info['parameters']:,}")
     for title, key in (("Inputs", "inputs"), ("Outputs", "outputs")):
         stdout.print(specs_table(title, [TensorSpec(s["name"], tuple(s["shape"]), s["dtype"])
                                          for s in info[key]]))
