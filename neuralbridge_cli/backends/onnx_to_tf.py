@@ -884,30 +884,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 def save_tflite(tf_module, path: str) -> str:
-    """Write a float32 .tflite of the model, batch dimension dynamic (run_tflite resizes it).
+    """Write a float32 .tflite of the model with a dynamic batch (run_tflite resizes it).
 
-    Tries, in order: `serve` as it is; the model traced at batch 1 and mapped over the batch
-    (needed when a While loop holds per-batch state, e.g. onnx2tf's LSTM: TFLite lowers tensor
-    lists only with static element shapes); then the same two with TF Select ops. A file with
+    Its `serving_default` signature takes the inputs and returns the outputs by name. TFLite
+    lists signature names sorted, so when the ONNX order is not alphabetical the names get an
+    index prefix (`i0_image`, `i1_vec`, `o0_fmap`...); run_tflite relies on that order.
+
+    Tries, in order: the model as traced; the model traced at batch 1 and mapped over the
+    batch (needed when a While loop holds per-batch state, e.g. onnx2tf's LSTM: TFLite lowers
+    tensor lists only with static element shapes); then both with TF Select ops. A file with
     Select ops needs the Flex delegate: run_tflite then uses tf.lite.Interpreter of full
     TensorFlow; ai_edge_litert alone cannot run it."""
     tf = lazy.tensorflow()
     builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
     select = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    functions = [("dynamic batch", lambda: tf_module.serve.get_concrete_function())]
+    variants = [("dynamic batch", False)]
     if getattr(tf_module, "_forward", None) is not None:
-        functions.append(("batch 1 mapped over the batch", lambda: _batch_mapped(tf, tf_module)))
+        variants.append(("batch 1 mapped over the batch", True))
     errors = []
     for ops, ops_name in ((builtins, "builtins"), (select, "builtins + TF Select")):
-        for fn_name, make in functions:
+        for variant, mapped in variants:
             try:
-                concrete = make()
+                concrete = _tflite_function(tf, tf_module, mapped)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_module)
                 converter.target_spec.supported_ops = ops
                 with _quiet_fds():
                     blob = converter.convert()
             except Exception as exc:
-                errors.append(f"{fn_name}, {ops_name}: {_tflite_error(exc)}")
+                errors.append(f"{variant}, {ops_name}: {_tflite_error(exc)}")
                 continue
             with open(path, "wb") as fh:
                 fh.write(blob)
@@ -916,34 +920,52 @@ def save_tflite(tf_module, path: str) -> str:
                           hint=f"{len(errors)} attempts; last: {errors[-1]}")
 
 
+def _ordered_names(keys, prefix: str) -> list[str]:
+    """`keys` if they sort in their own order, else the same names with an index prefix."""
+    keys = list(keys)
+    if sorted(keys) == keys:
+        return keys
+    width = len(str(len(keys) - 1))
+    return [f"{prefix}{k:0{width}d}_{key}" for k, key in enumerate(keys)]
+
+
+def _tflite_function(tf, tf_module, batch_mapped: bool):
+    """The concrete function to convert: named inputs, outputs as a dict in sortable names."""
+    in_names = _ordered_names([s.name for s in tf_module.input_signature], "i")
+    out_names = _ordered_names(tf_module.output_keys, "o")
+    signature = [tf.TensorSpec(s.shape, s.dtype, name=n)
+                 for s, n in zip(tf_module.input_signature, in_names)]
+    if batch_mapped:
+        fixed = [tf.TensorSpec([1] + list(s.shape[1:]), s.dtype, name=s.name)
+                 for s in tf_module.input_signature]
+        inner = tf.function(tf_module._forward, input_signature=fixed, autograph=False)
+        out_struct = inner.get_concrete_function().structured_outputs
+        flat = list(out_struct) if isinstance(out_struct, (tuple, list)) else [out_struct]
+        specs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in flat]
+
+        def run(*args):
+            def one(sample):
+                outs = inner(*[tf.expand_dims(x, 0) for x in sample])
+                outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+                return [o[0] for o in outs]
+            return tf.map_fn(one, list(args), fn_output_signature=specs)
+    else:
+        def run(*args):
+            outs = tf_module.serve(*args)
+            return list(outs) if isinstance(outs, (tuple, list)) else [outs]
+
+    def named(*args):
+        return {n: tf.identity(o, name=n) for n, o in zip(out_names, run(*args))}
+
+    return tf.function(named, input_signature=signature, autograph=False).get_concrete_function()
+
+
 def _tflite_error(exc: BaseException) -> str:
     """The converter's own error line (its message starts with MLIR locations)."""
     text = str(exc)
     found = re.findall(r"error: ([^\n]+)", text)
     found = [f for f in found if not f.startswith("failed while converting")]
     return re.sub(r"\s+", " ", found[0])[:300] if found else _one_line(exc)
-
-
-def _batch_mapped(tf, tf_module):
-    """A concrete function with a dynamic batch that runs the model traced at batch 1."""
-    fixed = [tf.TensorSpec([1] + list(s.shape[1:]), s.dtype, name=s.name)
-             for s in tf_module.input_signature]
-    inner = tf.function(tf_module._forward, input_signature=fixed, autograph=False)
-    out_struct = inner.get_concrete_function().structured_outputs
-    flat_out = list(out_struct) if isinstance(out_struct, (tuple, list)) else [out_struct]
-    specs = [tf.TensorSpec(o.shape[1:], o.dtype) for o in flat_out]
-    single = not isinstance(out_struct, (tuple, list))
-
-    def mapped(*args):
-        def one(sample):
-            outs = inner(*[tf.expand_dims(x, 0) for x in sample])
-            outs = [outs] if single else list(outs)
-            return [o[0] for o in outs]
-        outs = tf.map_fn(one, list(args), fn_output_signature=specs)
-        return outs[0] if single else tuple(outs)
-
-    return tf.function(mapped, input_signature=tf_module.input_signature,
-                       autograph=False).get_concrete_function()
 
 
 @contextlib.contextmanager
@@ -967,38 +989,70 @@ def _quiet_fds():
         os.close(devnull)
 
 
-def _tflite_interpreter(path: str, flex: bool = False):
-    if not flex:
+def _tflite_interpreter(path: str, mode: str = "default"):
+    """mode: "default" (ai_edge_litert, XNNPACK), "plain" (no default delegates), "flex"
+    (tf.lite.Interpreter of full TensorFlow, which links the Flex delegate)."""
+    if mode != "flex":
         try:
-            from ai_edge_litert.interpreter import Interpreter  # the maintained TFLite runtime
-            return Interpreter(model_path=str(path))
+            from ai_edge_litert import interpreter as litert
         except ImportError:
-            pass
-    tf = lazy.tensorflow()  # its interpreter links the Flex delegate (TF Select ops)
+            litert = None
+        if litert is not None:
+            if mode == "plain":
+                return litert.Interpreter(
+                    model_path=str(path),
+                    experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            return litert.Interpreter(model_path=str(path))
+    tf = lazy.tensorflow()
+    if mode == "plain":
+        return tf.lite.Interpreter(
+            model_path=str(path),
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     return tf.lite.Interpreter(model_path=str(path))
 
 
 def run_tflite(path: str, inputs: list) -> list[np.ndarray]:
-    """Run a .tflite on `inputs` (in model input order), resizing inputs to their shapes
-    (so any batch works); outputs in model output order."""
-    try:
-        return _run_tflite(_tflite_interpreter(path), inputs)
-    except RuntimeError as exc:
-        if "Flex" not in str(exc) and "Select TensorFlow op" not in str(exc):
+    """Run a .tflite on `inputs` (model input order), any batch; outputs in model order.
+
+    With a signature (save_tflite writes one), inputs and outputs are matched to its names in
+    sorted order, which save_tflite makes the ONNX order. Falls back to the interpreter without
+    XNNPACK (whose reshape fails on some dynamic-batch graphs) and to the Flex-enabled
+    interpreter of full TensorFlow for files with TF Select ops."""
+    errors = []
+    for mode in ("default", "plain", "flex"):
+        try:
+            return _run_tflite(_tflite_interpreter(path, mode), inputs)
+        except (RuntimeError, ValueError) as exc:
+            errors.append(exc)
+            text = str(exc)
+            if mode == "default" and "XNNPack" in text:
+                continue
+            if "Flex" in text or "Select TensorFlow op" in text:
+                continue
             raise
-    return _run_tflite(_tflite_interpreter(path, flex=True), inputs)
+    raise errors[-1]
 
 
 def _run_tflite(interp, inputs) -> list[np.ndarray]:
+    inputs = [np.asarray(x) for x in inputs]
+    signatures = interp.get_signature_list()
+    if len(signatures) == 1:
+        runner = interp.get_signature_runner(next(iter(signatures)))
+        in_details = runner.get_input_details()
+        names = sorted(in_details)
+        if len(names) != len(inputs):
+            raise ValueError(f"the TFLite model takes {len(names)} inputs, got {len(inputs)}")
+        feed = {n: x.astype(in_details[n]["dtype"], copy=False) for n, x in zip(names, inputs)}
+        outs = runner(**feed)
+        return [np.array(outs[k]) for k in sorted(outs)]
     details = interp.get_input_details()
     if len(details) != len(inputs):
         raise ValueError(f"the TFLite model takes {len(details)} inputs, got {len(inputs)}")
     for d, x in zip(details, inputs):
-        x = np.asarray(x)
         if list(d["shape"]) != list(x.shape):
             interp.resize_tensor_input(d["index"], list(x.shape), strict=False)
     interp.allocate_tensors()
     for d, x in zip(interp.get_input_details(), inputs):
-        interp.set_tensor(d["index"], np.asarray(x, dtype=d["dtype"]))
+        interp.set_tensor(d["index"], x.astype(d["dtype"], copy=False))
     interp.invoke()
     return [np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()]
