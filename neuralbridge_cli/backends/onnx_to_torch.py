@@ -32,8 +32,8 @@ _LOG = logging.getLogger(__name__)
 
 #: newest default-domain opset whose op versions onnx2torch 1.5.15 knows
 TARGET_OPSET = 17
-#: constant folding leaves tensors bigger than this (elements) as they are
-_FOLD_MAX_ELEMENTS = 1 << 24
+#: constant folding keeps a node whose result is bigger than this (elements) and than 4x its inputs
+_FOLD_MAX_ELEMENTS = 1 << 20
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                      "Multinomial", "Bernoulli"}
 _SUFFIX = "__nb"
@@ -46,13 +46,24 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
     """Return a copy of `model_proto` rewritten so that onnx2torch can convert it.
 
     Every pass keeps the graph's semantics (checked against onnxruntime by the tests):
-    inline local functions; Constant nodes -> initializers; drop Identity nodes (their
-    users read the source directly); fold constant subgraphs (and Shape of static dims);
-    decompose ops that have no version before opset 20 (Gelu, Mish); downgrade to opset
-    `target_opset` with onnx.version_converter; replace Reshape targets that depend on one
-    dynamic dim by a constant with -1 and drop a needless `allowzero=1`; give every graph
-    output its own single-output producer; remove dead nodes and initializers.
-    The list of fixes applied is logged and kept in metadata_props["neuralbridge.onnx2torch_fixes"].
+    1. inline local functions;
+    2. Constant nodes -> initializers (onnx2torch reads weights from initializers only);
+    3. drop Identity nodes, their users read the source (TorchScript exports route shared
+       weights through Identity: onnx2torch `KeyError('onnx::Conv_197')`);
+    4. fold nodes whose inputs are all constant (onnx.reference);
+    5. decompose ops that have no version before opset 18/20 (Gelu -> Erf form or tanh form,
+       Mish -> Softplus/Tanh/Mul);
+    6. lower the default-domain opset to `target_opset` (17, the newest onnx2torch knows) with
+       onnx.version_converter, or by hand where it has no adapter (Split-18, ...), and drop
+       `noop_with_empty_axes` that version_converter leaves on Reduce* ops;
+    7. fold Shape/Size of static dims and every small int tensor computed from static dims;
+    8. give Reshape a constant target where it depends on one dynamic dim (-1 there) and
+       drop a needless `allowzero=1` (onnx2torch refuses it);
+    9. give every graph output its own single-output producer (onnx2torch returns a whole
+       output tuple for an output of a multi-output node, and cannot return an input);
+    10. remove dead nodes and initializers.
+    The fixes applied are logged and kept in metadata_props["neuralbridge.onnx2torch_fixes"].
+    Raises ConversionError when the opset cannot be lowered.
     """
     onnx = lazy.onnx()
     model = onnx.ModelProto()
@@ -107,17 +118,19 @@ def _graph_output_names(graph) -> set:
     return {o.name for o in graph.output}
 
 
-def _rename_uses(graph, old: str, new: str) -> None:
-    """Point every consumer of `old` (also inside subgraphs) at `new`."""
+def _rename_uses(graph, renames: dict) -> None:
+    """Point every consumer of a name in `renames` (also inside subgraphs) at its new name."""
+    if not renames:
+        return
     for node in graph.node:
         for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
+            if name in renames:
+                node.input[i] = renames[name]
         for attr in node.attribute:
-            if attr.g is not None and attr.HasField("g"):
-                _rename_uses(attr.g, old, new)
+            if attr.HasField("g"):
+                _rename_uses(attr.g, renames)
             for sub in attr.graphs:
-                _rename_uses(sub, old, new)
+                _rename_uses(sub, renames)
 
 
 def _replace_nodes(graph, nodes) -> None:
@@ -178,8 +191,7 @@ def _fold_identities(model) -> int:
         else:
             keep.append(node)
     _replace_nodes(graph, keep)
-    for old, new in renames.items():
-        _rename_uses(graph, old, new)
+    _rename_uses(graph, renames)
     return count
 
 
@@ -280,8 +292,7 @@ def _fold_constants(model, opset: int, use_shapes: bool = False) -> int:
                     results = [np.asarray(int(np.prod(shape)), dtype=np.int64)]
                 else:
                     attrs = {a.name: a.i for a in node.attribute}
-                    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
-                    results = [np.asarray(shape[slice(start, end if end != 0 or "end" in attrs else None)],
+                    results = [np.asarray(shape[attrs.get("start", 0):attrs.get("end", len(shape))],
                                           dtype=np.int64)]
         elif node.input and all(name == "" or name in consts for name in node.input) \
                 and node.op_type not in ("Constant",):
@@ -348,8 +359,7 @@ def _decompose_new_ops(model) -> int:
             new_nodes += [helper.make_node("Softplus", [x], [t("sp")], name=f"{base}/softplus"),
                           helper.make_node("Tanh", [t("sp")], [t("th")], name=f"{base}/tanh"),
                           helper.make_node("Mul", [x, t("th")], [y], name=f"{base}/mul")]
-        elif helper.get_node_attr_value(node, "approximate") in (b"tanh", "tanh") \
-                if any(a.name == "approximate" for a in node.attribute) else False:
+        elif next((a.s for a in node.attribute if a.name == "approximate"), b"none") == b"tanh":
             # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
             new_nodes += [
                 helper.make_node("Mul", [x, x], [t("x2")], name=f"{base}/x2"),
@@ -615,7 +625,7 @@ def _shape_values(model, types, max_len: int = 64):
     values = {}
     known_dims = {}  # value name -> [entry | None] per dim, beyond what shape inference knows
     for init in graph.initializer:
-        if init.data_type in (6, 7) and len(init.dims) <= 1 and (not init.dims or init.dims[0] <= max_len):
+        if init.data_type in (6, 7, 9) and len(init.dims) <= 1 and (not init.dims or init.dims[0] <= max_len):
             arr = numpy_helper.to_array(init)
             values[init.name] = (arr.ndim, [int(v) for v in arr.reshape(-1)])
 
@@ -768,6 +778,7 @@ def _simplify_reshapes(model) -> int:
         return 0
     types = _value_types(model, True)
     values = _shape_values(model, types)
+    init_names = {i.name for i in graph.initializer}
     count = 0
     for node in graph.node:
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
@@ -791,8 +802,7 @@ def _simplify_reshapes(model) -> int:
         for k, v in enumerate(target):
             if v == 0 and k < len(in_dims) and in_dims[k].HasField("dim_value"):
                 target[k] = int(in_dims[k].dim_value)
-        if not unknown and node.input[1] in {i.name for i in graph.initializer} \
-                and target == dims:
+        if not unknown and node.input[1] in init_names and target == dims:
             continue
         name = f"{node.input[1]}{_SUFFIX}_static{count}"
         graph.initializer.append(numpy_helper.from_array(np.asarray(target, dtype=np.int64), name))
@@ -812,7 +822,7 @@ def _separate_graph_outputs(model) -> int:
     graph = model.graph
     producers = {}
     for node in graph.node:
-        for k, name in enumerate(node.output):
+        for name in node.output:
             if name:
                 producers[name] = node
     sources = {i.name for i in graph.input} | {i.name for i in graph.initializer}
@@ -820,52 +830,24 @@ def _separate_graph_outputs(model) -> int:
     for out in graph.output:
         name = out.name
         producer = producers.get(name)
-        needs = name in sources or name in seen or (producer is not None and len(producer.output) > 1)
-        seen.add(name)
-        if not needs:
-            continue
-        inner = f"{name}{_SUFFIX}_out"
-        if producer is not None:
+        if name in seen or name in sources:
+            # a repeated output, or a graph input / initializer: copy it into a new output name
+            # (the torch module returns outputs by position; the ONNX names do not show)
+            out.name = f"{name}{_SUFFIX}_copy{count}"
+            graph.node.append(helper.make_node("Identity", [name], [out.name], name=f"{out.name}/identity"))
+            count += 1
+        elif producer is not None and len(producer.output) > 1:
+            inner = f"{name}{_SUFFIX}_out"
             for k, o in enumerate(producer.output):
                 if o == name:
                     producer.output[k] = inner
-            _rename_uses(graph, name, inner)
-            src = inner
-        else:
-            src = name
-            inner = name
-        if src == name:  # a graph input / initializer: copy it under the output name is impossible,
-            # rename the output instead (ONNX names are not visible to the torch module)
-            new_name = f"{name}{_SUFFIX}_copy"
-            out.name = new_name
-            graph.node.append(helper.make_node("Identity", [name], [new_name], name=f"{new_name}/identity"))
-        else:
-            graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}/identity"))
-        count += 1
-    if count:  # keep the graph topologically sorted: identities after their producers
-        _toposort(graph)
+            _rename_uses(graph, {name: inner})
+            identity = helper.make_node("Identity", [inner], [name], name=f"{name}/identity")
+            graph.node.append(identity)  # after its producer: the order stays topological
+            producers[name] = identity
+            count += 1
+        seen.add(name)
     return count
-
-
-def _toposort(graph) -> None:
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        progressed = False
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progressed = True
-            else:
-                rest.append(node)
-        pending = rest
-        if not progressed:  # outer-scope names or a cycle: keep the remaining order
-            ordered.extend(pending)
-            break
-    _replace_nodes(graph, ordered)
 
 
 def _remove_dead(model) -> None:
@@ -916,7 +898,14 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
 
     _onnx2torch_extra.register()
     say("preparing the ONNX graph for onnx2torch")
-    prepared = prepare_for_onnx2torch(model_proto)
+    try:
+        prepared = prepare_for_onnx2torch(model_proto)
+    except ConversionError:
+        raise
+    except Exception as exc:  # a malformed graph the passes could not read
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionError(f"could not prepare the ONNX graph for onnx2torch: "
+                              f"{type(exc).__name__}: {detail}") from exc
     _check_converters(prepared)
     say(f"onnx2torch: converting {len(prepared.graph.node)} nodes")
     try:
@@ -929,6 +918,7 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
         rewritten = _export_friendly(module, prepared)
     except Exception as exc:  # the module works as onnx2torch built it; only exporting suffers
         _LOG.warning("could not make the converted module export-friendly: %s", exc)
+        module.recompile()
         rewritten = 0
     if rewritten:
         say(f"replaced {rewritten} shape-reading onnx2torch modules by export-friendly ones")

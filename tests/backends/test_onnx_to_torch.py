@@ -1,0 +1,394 @@
+"""ONNX -> PyTorch (neuralbridge_cli.backends.onnx_to_torch): real exporters, onnx2torch,
+onnxruntime as the reference for ONNX semantics, and a plain-torch subprocess for saved programs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from models import rel_error, seeded_init, seeded_input, small_cnn, text_lstm, torchvision_model, \
+    transformer_encoder
+from neuralbridge_cli.backends import onnx_to_torch as o2t
+from neuralbridge_cli.errors import ConversionError
+
+TOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- helpers
+def export_onnx(model, inputs, path, *, dynamo: bool):
+    """Export with a dynamic batch: the dynamo exporter (opset 20 here) or TorchScript at opset 17."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(model, tuple(inputs), str(path), dynamo=True,
+                          dynamic_shapes=tuple({0: batch} for _ in inputs))
+    else:
+        torch.onnx.export(model, tuple(inputs), str(path), dynamo=False, opset_version=17,
+                          input_names=names, output_names=["out"],
+                          dynamic_axes={**{n: {0: "batch"} for n in names}, "out": {0: "batch"}})
+    return onnx.load(str(path))
+
+
+def run_ort(proto, arrays):
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: a for i, a in zip(session.get_inputs(), arrays)})
+
+
+def as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def run_saved_in_fresh_python(path, inputs, tmp_path):
+    """Load `path` in a new interpreter that imports only torch; return its outputs."""
+    torch.save(list(inputs), tmp_path / "inputs.pt")
+    code = textwrap.dedent(f"""
+        import sys, torch
+        path = {str(path)!r}
+        try:
+            fn = torch.export.load(path).module()
+        except Exception:
+            fn = torch.jit.load(path)
+        xs = torch.load({str(tmp_path / 'inputs.pt')!r})
+        with torch.no_grad():
+            out = fn(*xs)
+        torch.save(list(out) if isinstance(out, (list, tuple)) else [out], {str(tmp_path / 'outputs.pt')!r})
+        leaked = [m for m in ("neuralbridge_cli", "onnx2torch", "onnx") if m in sys.modules]
+        assert not leaked, leaked
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return torch.load(tmp_path / "outputs.pt")
+
+
+def check_roundtrip(model, inputs2, inputs3, onnx_proto, tmp_path, *, save=True, prefer="exported",
+                    fresh_process=False):
+    """Convert `onnx_proto` back to torch, compare with `model` at batch 2, save, reload at batch 3
+    (in a new interpreter that imports only torch when `fresh_process`)."""
+    prepared = o2t.prepare_for_onnx2torch(onnx_proto)
+    arrays = [x.numpy() for x in inputs2]
+    for got, want in zip(run_ort(prepared, arrays), run_ort(onnx_proto, arrays)):
+        assert rel_error(got, want) < 1e-5  # the graph fixes keep the semantics
+    converted = o2t.convert_onnx_to_torch(onnx_proto)
+    with torch.no_grad():
+        want2 = as_list(model(*inputs2))
+        got2 = as_list(converted(*inputs2))
+        want3 = as_list(model(*inputs3))
+    assert len(got2) == len(want2)
+    for got, want in zip(got2, want2):
+        assert rel_error(got, want) < TOL
+    if not save:
+        return converted, None
+    fmt = o2t.save_torch_program(converted, list(inputs2), tmp_path / "model.pt2", prefer=prefer)
+    assert fmt in ("exported", "torchscript") and not fmt.fixed_batch
+    if fresh_process:
+        got3 = run_saved_in_fresh_python(tmp_path / "model.pt2", inputs3, tmp_path)
+    else:
+        with torch.no_grad():
+            got3 = as_list(o2t.load_torch_program(tmp_path / "model.pt2")(*inputs3))
+    for got, want in zip(got3, want3):
+        assert rel_error(got, want) < TOL
+    return converted, fmt
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def vinfo(name, shape=None, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+# ----------------------------------------------------------------------------- real exporters
+def test_small_cnn_from_the_dynamo_exporter(tmp_path):
+    """Opset 20: Gelu-20, ReduceMean-18, AveragePool-19, Reshape(allowzero=1)."""
+    model = small_cnn()
+    x2, x3 = seeded_input((2, 3, 32, 32), 0), seeded_input((3, 3, 32, 32), 1)
+    proto = export_onnx(model, [x2], tmp_path / "cnn.onnx", dynamo=True)
+    assert {"Gelu", "ReduceMean", "AveragePool"} <= {n.op_type for n in proto.graph.node}
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert {imp.version for imp in prepared.opset_import if imp.domain == ""} == {o2t.TARGET_OPSET}
+    assert "Gelu" not in {n.op_type for n in prepared.graph.node}
+    _, fmt = check_roundtrip(model, [x2], [x3], proto, tmp_path)
+    assert fmt == "exported"
+
+
+def test_resnet18_from_the_torchscript_exporter(tmp_path):
+    """Deduplicated weights arrive through Identity nodes (onnx2torch: KeyError 'onnx::Conv_...')."""
+    model = torchvision_model("resnet18")
+    x2, x3 = seeded_input((2, 3, 64, 64), 0), seeded_input((3, 3, 64, 64), 1)
+    with torch.no_grad():
+        assert float(model(x2).abs().max()) > 0.1  # the seeded init gives O(1) outputs
+    proto = export_onnx(model, [x2], tmp_path / "resnet18.onnx", dynamo=False)
+    check_roundtrip(model, [x2], [x3], proto, tmp_path, save=False)
+
+
+def test_text_lstm_torchscript_export_and_saved_program(tmp_path):
+    model = text_lstm()
+    ids2 = seeded_input((2, 7), 0, dtype="int64", high=100)
+    ids3 = seeded_input((3, 7), 1, dtype="int64", high=100)
+    proto = export_onnx(model, [ids2], tmp_path / "lstm.onnx", dynamo=False)
+    assert "LSTM" in {n.op_type for n in proto.graph.node}
+    _, fmt = check_roundtrip(model, [ids2], [ids3], proto, tmp_path)
+    assert fmt == "exported"
+
+
+def test_bidirectional_two_layer_lstm(tmp_path):
+    model = text_lstm(bidirectional=True, num_layers=2)
+    ids2 = seeded_input((2, 5), 0, dtype="int64", high=100)
+    ids3 = seeded_input((3, 5), 1, dtype="int64", high=100)
+    proto = export_onnx(model, [ids2], tmp_path / "bilstm.onnx", dynamo=False)
+    check_roundtrip(model, [ids2], [ids3], proto, tmp_path, prefer="torchscript")
+
+
+def test_transformer_encoder_keeps_a_dynamic_batch(tmp_path):
+    """Multi-head attention reshapes by batch * heads, computed from Shape nodes."""
+    model = transformer_encoder()
+    x2, x3 = seeded_input((2, 6, 32), 0), seeded_input((3, 6, 32), 1)
+    proto = export_onnx(model, [x2], tmp_path / "encoder.onnx", dynamo=False)
+    assert "Shape" in {n.op_type for n in proto.graph.node}
+    _, fmt = check_roundtrip(model, [x2], [x3], proto, tmp_path, fresh_process=True)
+    assert fmt == "exported"
+
+
+def test_torchscript_fallback_is_forced_by_prefer(tmp_path):
+    model = small_cnn()
+    x2, x3 = seeded_input((2, 3, 32, 32), 0), seeded_input((3, 3, 32, 32), 1)
+    proto = export_onnx(model, [x2], tmp_path / "cnn.onnx", dynamo=False)
+    _, fmt = check_roundtrip(model, [x2], [x3], proto, tmp_path, prefer="torchscript", fresh_process=True)
+    assert fmt == "torchscript"
+    assert isinstance(o2t.load_torch_program(tmp_path / "model.pt2"), torch.jit.ScriptModule)
+
+
+def test_keras_two_inputs_two_outputs_through_tf2onnx():
+    from neuralbridge_cli import lazy
+
+    tf = lazy.tensorflow()  # after torch (imported above) and triton
+    keras = lazy.require("keras")
+    tf2onnx = lazy.require("tf2onnx")
+    keras.utils.set_random_seed(0)
+    a = keras.Input((16,), name="a")
+    b = keras.Input((8, 8, 3), name="b")
+    h = keras.layers.Dense(32, activation="relu")(a)
+    c = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, padding="same", activation="relu")(b))
+    joined = keras.layers.Concatenate()([h, c])
+    logits = keras.layers.Dense(5, name="logits")(joined)
+    score = keras.layers.Dense(1, activation="sigmoid", name="score")(joined)
+    model = keras.Model([a, b], [logits, score])
+    spec = [tf.TensorSpec((None, 16), tf.float32, name="a"), tf.TensorSpec((None, 8, 8, 3), tf.float32, name="b")]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, 16)).astype(np.float32), rng.standard_normal((2, 8, 8, 3)).astype(np.float32)]
+    want = [np.asarray(y) for y in model(xs)]
+    converted = o2t.convert_onnx_to_torch(proto)
+    with torch.no_grad():
+        got = as_list(converted(*[torch.from_numpy(x) for x in xs]))
+    assert len(got) == 2
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and rel_error(g, w) < TOL
+
+
+# ----------------------------------------------------------------------------- graph passes
+def _conv_through_identity():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Identity", ["w"], ["w_shared"]),
+             helper.make_node("Conv", ["x", "w_shared"], ["y"], pads=[1, 1, 1, 1])]
+    return make_model(nodes, [vinfo("x", ["N", 3, 8, 8])], [vinfo("y")], [w])
+
+
+def test_identity_fed_initializers_are_folded():
+    import onnx2torch
+
+    proto = _conv_through_identity()
+    with pytest.raises(KeyError):  # the onnx2torch bug this pass works around
+        onnx2torch.convert(proto)
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert "Identity" not in {n.op_type for n in prepared.graph.node}
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = run_ort(proto, [x])[0]
+    assert rel_error(run_ort(prepared, [x])[0], want) == 0.0
+    with torch.no_grad():
+        assert rel_error(o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x)), want) < 1e-6
+    assert [n.op_type for n in proto.graph.node] == ["Identity", "Conv"]  # the input is not modified
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu20_is_decomposed(approximate):
+    proto = make_model([helper.make_node("Gelu", ["x"], ["y"], approximate=approximate)],
+                       [vinfo("x", ["N", 7])], [vinfo("y")], opset=20)
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert "Gelu" not in {n.op_type for n in prepared.graph.node}
+    x = np.linspace(-5, 5, 14, dtype=np.float32).reshape(2, 7)
+    want = run_ort(proto, [x])[0]
+    assert rel_error(run_ort(prepared, [x])[0], want) < 1e-6
+    with torch.no_grad():
+        assert rel_error(o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x)), want) < 1e-6
+
+
+def test_outputs_of_multi_output_nodes_and_inputs_come_back_in_order():
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+             helper.make_node("Relu", ["a"], ["r"])]
+    proto = make_model(nodes, [vinfo("x", ["N", 6])], [vinfo("b"), vinfo("r"), vinfo("x")], opset=18)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6) - 6
+    want = run_ort(proto, [x])
+    got = o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x))
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w)
+
+
+def test_opset18_ops_lowered_by_hand_where_version_converter_has_no_adapter():
+    """version_converter cannot lower Split-18, so the whole graph is lowered by hand:
+    Split num_outputs -> sizes, ReduceMean/ReduceMax axes input -> attribute, Pad axes -> full pads."""
+    axes = numpy_helper.from_array(np.asarray([1], np.int64), "axes")
+    pads = numpy_helper.from_array(np.asarray([1, 2], np.int64), "pads")
+    pad_axes = numpy_helper.from_array(np.asarray([-1], np.int64), "pad_axes")
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+             helper.make_node("ReduceMean", ["a", "axes"], ["m"], keepdims=1),
+             helper.make_node("ReduceMax", ["b", "axes"], ["mx"], keepdims=0),
+             helper.make_node("Pad", ["x", "pads", "", "pad_axes"], ["p"], mode="reflect"),
+             helper.make_node("Add", ["p", "p"], ["y"])]
+    proto = make_model(nodes, [vinfo("x", ["N", 6, 5])], [vinfo("m"), vinfo("mx"), vinfo("y")],
+                       [axes, pads, pad_axes], opset=18)
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert {imp.version for imp in prepared.opset_import if imp.domain == ""} == {17}
+    x = np.random.default_rng(0).standard_normal((2, 6, 5)).astype(np.float32)
+    want = run_ort(proto, [x])
+    for got, ref in zip(run_ort(prepared, [x]), want):
+        assert rel_error(got, ref) < 1e-6
+    with torch.no_grad():
+        got = o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x))
+    for g, ref in zip(got, want):
+        assert tuple(g.shape) == ref.shape and rel_error(g, ref) < 1e-6
+
+
+def test_reverse_sequence_matches_onnxruntime():
+    node = helper.make_node("ReverseSequence", ["x", "lens"], ["y"], batch_axis=0, time_axis=1)
+    proto = make_model([node], [vinfo("x", [3, 5, 2]), vinfo("lens", [3], TensorProto.INT64)], [vinfo("y")])
+    x = np.arange(30, dtype=np.float32).reshape(3, 5, 2)
+    lens = np.asarray([5, 2, 3], np.int64)
+    want = run_ort(proto, [x, lens])[0]
+    got = o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x), torch.from_numpy(lens))
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_missing_converter_names_op_and_version():
+    proto = make_model([helper.make_node("Det", ["x"], ["y"])], [vinfo("x", [3, 3])], [vinfo("y")])
+    with pytest.raises(ConversionError, match=r"Det \(op version 11\)"):
+        o2t.convert_onnx_to_torch(proto)
+
+
+def test_failing_converter_names_the_node():
+    """onnx2torch's Conv converter needs the weight as an initializer, not a graph input."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv_with_input_weight")]
+    proto = make_model(nodes, [vinfo("x", [1, 3, 8, 8]), vinfo("w", [4, 3, 3, 3])], [vinfo("y")])
+    with pytest.raises(ConversionError, match=r"Conv \(op version 11\) node 'conv_with_input_weight'"):
+        o2t.convert_onnx_to_torch(proto)
+
+
+# ----------------------------------------------------------------------------- recurrent ops vs onnxruntime
+T, N, I, H = 5, 3, 4, 6
+
+
+def _recurrent_case(op, *, direction="forward", bias=True, peephole=False, lens=None, initial=False,
+                    **attrs):
+    """An ONNX LSTM/GRU/RNN node (layout 0) with seeded weights; returns (model, feeds)."""
+    rng = np.random.default_rng(0)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [numpy_helper.from_array((rng.standard_normal((dirs, gates * H, I)) * 0.5).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((dirs, gates * H, H)) * 0.5).astype(np.float32), "R")]
+    inputs = [vinfo("X", [T, "N", I])]
+    feeds = [rng.standard_normal((T, N, I)).astype(np.float32)]
+    names = ["X", "W", "R", ""]
+    if bias:
+        inits.append(numpy_helper.from_array((rng.standard_normal((dirs, 2 * gates * H)) * 0.3).astype(np.float32),
+                                             "B"))
+        names[3] = "B"
+    names.append("")
+    if lens is not None:
+        inputs.append(vinfo("lens", ["N"], TensorProto.INT32))
+        feeds.append(np.asarray(lens, dtype=np.int32))
+        names[4] = "lens"
+    state_names = ["initial_h"] + (["initial_c"] if op == "LSTM" else [])
+    for name in state_names:
+        names.append(name if initial else "")
+        if initial:
+            inputs.append(vinfo(name, [dirs, "N", H]))
+            feeds.append(rng.standard_normal((dirs, N, H)).astype(np.float32))
+    if peephole:
+        inits.append(numpy_helper.from_array(rng.standard_normal((dirs, 3 * H)).astype(np.float32), "P"))
+        names.append("P")
+    while names and names[-1] == "":
+        names.pop()
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outputs, hidden_size=H, direction=direction, **attrs)
+    model = make_model([node], inputs, [vinfo(o) for o in outputs], inits)
+    return model, feeds
+
+
+RECURRENT_CASES = {
+    "lstm-forward": ("LSTM", {}),
+    "lstm-bidirectional-initial-states": ("LSTM", {"direction": "bidirectional", "initial": True}),
+    "lstm-reverse-no-bias": ("LSTM", {"direction": "reverse", "bias": False}),
+    "lstm-reverse-sequence-lens": ("LSTM", {"direction": "reverse", "lens": [5, 2, 4], "initial": True}),
+    "lstm-bidirectional-sequence-lens": ("LSTM", {"direction": "bidirectional", "lens": [3, 5, 1]}),
+    "lstm-peephole-clip-input-forget": ("LSTM", {"peephole": True, "clip": 0.7, "input_forget": 1}),
+    "lstm-activations": ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "Tanh"],
+                                  "activation_alpha": [0.3, 0.05], "activation_beta": [0.4]}),
+    "gru-bidirectional-linear-before-reset": ("GRU", {"direction": "bidirectional", "linear_before_reset": 1,
+                                                      "initial": True}),
+    "gru-linear-before-reset-0": ("GRU", {"linear_before_reset": 0}),
+    "gru-reverse-sequence-lens": ("GRU", {"direction": "reverse", "lens": [2, 5, 3]}),
+    "rnn-tanh": ("RNN", {"initial": True}),
+    "rnn-relu-bidirectional": ("RNN", {"direction": "bidirectional", "activations": ["Relu", "Relu"]}),
+}
+
+
+@pytest.mark.parametrize("case", list(RECURRENT_CASES))
+def test_recurrent_ops_match_onnxruntime(case):
+    op, kwargs = RECURRENT_CASES[case]
+    model, feeds = _recurrent_case(op, **kwargs)
+    want = run_ort(model, feeds)
+    converted = o2t.convert_onnx_to_torch(model)
+    with torch.no_grad():
+        got = as_list(converted(*[torch.from_numpy(f) for f in feeds]))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert tuple(g.shape) == w.shape
+        assert rel_error(g, w) < 1e-5, case
+
+
+def test_lstm_layout_1_matches_layout_0():
+    """onnxruntime has no batch-first (layout=1) LSTM: compare with the transposed layout-0 graph."""
+    model0, feeds = _recurrent_case("LSTM", direction="bidirectional", initial=True)
+    model1 = onnx.ModelProto()
+    model1.CopyFrom(model0)
+    model1.graph.node[0].attribute.append(helper.make_attribute("layout", 1))
+    x, h0, c0 = feeds
+    want_y, want_h, want_c = run_ort(model0, feeds)
+    converted = o2t.convert_onnx_to_torch(model1)
+    with torch.no_grad():
+        y, h, c = converted(torch.from_numpy(x.transpose(1, 0, 2).copy()),
+                            torch.from_numpy(h0.transpose(1, 0, 2).copy()),
+                            torch.from_numpy(c0.transpose(1, 0, 2).copy()))
+    assert rel_error(y, want_y.transpose(2, 0, 1, 3)) < 1e-5  # [batch, seq, dirs, hidden]
+    assert rel_error(h, want_h.transpose(1, 0, 2)) < 1e-5
+    assert rel_error(c, want_c.transpose(1, 0, 2)) < 1e-5
+
+
+def test_seeded_init_gives_order_one_outputs():
+    model = seeded_init(torchvision_model("mobilenet_v3_small"))
+    with torch.no_grad():
+        out = model(seeded_input((2, 3, 64, 64)))
+    assert 1e-2 < float(out.abs().max()) < 1e3
