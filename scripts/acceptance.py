@@ -65,10 +65,9 @@ def keras_cases() -> list[dict]:
     keras.utils.set_random_seed(0)
     keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)).save(
         WORK / "mobilenetv2.keras")
-    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
-    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
-    keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
-                         keras.layers.Dense(2, name="o2")(h)]).save(WORK / "two_io.keras")
+    import models
+
+    models.keras_two_io().save(WORK / "two_io.keras")
     rows = []
     for stem in ("mobilenetv2", "two_io"):
         for target, out in (("torch", f"{stem}.pt2"), ("onnx", f"{stem}.onnx")):

@@ -159,3 +159,14 @@ def rel_error(actual, reference) -> float:
     scale = float(np.max(np.abs(r))) if r.size else 0.0
     diff = float(np.max(np.abs(a - r))) if r.size else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def keras_two_io(seed: int = 0):
+    """Keras functional model: inputs a (N, 8) and b (N, 4); outputs o1 (N, 3) and o2 (N, 2)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
+    return keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
+                                keras.layers.Dense(2, name="o2")(h)])

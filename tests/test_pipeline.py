@@ -111,14 +111,7 @@ def test_sequence_models_to_tf_with_inferred_shapes(factory, workdir):
 
 
 def test_keras_two_inputs_two_outputs_to_torch(workdir):
-    import keras
-    import torch
-
-    keras.utils.set_random_seed(0)
-    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
-    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
-    model = keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
-                                 keras.layers.Dense(2, name="o2")(h)])
+    model = models.keras_two_io()
     model.save(workdir / "two.keras")
     result = convert("two.keras", "torch", "two.pt2", Options())
     assert [o.name for o in result.report.outputs] == ["o1", "o2"] and result.report.passed

@@ -111,13 +111,7 @@ def test_inspect_onnx_json(workdir):
 
 
 def test_keras_two_inputs_two_outputs_to_onnx(workdir):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
-    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
-    model = keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
-                                 keras.layers.Dense(2, name="o2")(h)])
+    model = models.keras_two_io()
     model.save(workdir / "two.keras")
     result = invoke("convert", "two.keras", "--to", "onnx", "--json")
     assert result.exit_code == 0, result.output
