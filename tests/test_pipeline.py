@@ -135,3 +135,16 @@ def test_resnet18_state_dict_to_tf_and_back(workdir):
     x = [seeded((2, 3, 224, 224))]
     got = run_plain("torch", workdir / "r18.pt2", x, workdir)
     assert models.rel_error(got[0], reference(module, x)[0]) < 1e-4
+
+
+def test_keras_two_io_to_tflite_and_tflite_as_a_source(workdir):
+    model = models.keras_two_io()
+    model.save(workdir / "two.keras")
+    to_tflite = convert("two.keras", "tflite", "two.tflite", Options())
+    assert [o.name for o in to_tflite.report.outputs] == ["o1", "o2"] and to_tflite.report.passed
+    from_tflite = convert("two.tflite", "onnx", "two.onnx", Options())
+    assert from_tflite.report.passed
+    x = [seeded((3, 8)), seeded((3, 4), 4)]
+    got = run_plain("onnx", workdir / "two.onnx", x, workdir)
+    for g, w in zip(got, model(x)):
+        assert models.rel_error(g, np.asarray(w)) < 1e-5

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -143,60 +144,57 @@ def _tf_spec(spec, name: str) -> TensorSpec:
 
 
 def _load_tflite(path: Path, options) -> ModelHandle:
-    interpreter = _tflite_interpreter(str(path))
-    inputs = [TensorSpec(d["name"], _tflite_shape(d), _np_name(d["dtype"]))
-              for d in interpreter.get_input_details()]
-    outputs = [TensorSpec(d["name"], _tflite_shape(d), _np_name(d["dtype"]))
-               for d in interpreter.get_output_details()]
+    inputs, outputs = _tflite_specs(str(path))
     return ModelHandle("tf", TFLiteRunner(str(path)), "tflite", path.stem,
                        inputs=inputs, outputs=outputs, source=str(path))
 
 
-def _tflite_interpreter(path: str):
-    tf = _tf()
+def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs/outputs in the order run_tflite uses: a signature's sorted names, else tensors."""
+    from .onnx_to_tf import _tflite_interpreter
+
     try:
-        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter = _tflite_interpreter(path)
     except Exception as exc:
         raise LoadError(f"cannot load TFLite model {path}: {first_line(exc)}") from exc
-    return interpreter
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        return ([_tflite_spec(n, ins[n]) for n in sorted(ins)],
+                [_tflite_spec(n, outs[n]) for n in sorted(outs)])
+    return ([_tflite_spec(d["name"], d) for d in interpreter.get_input_details()],
+            [_tflite_spec(d["name"], d) for d in interpreter.get_output_details()])
 
 
-def _tflite_shape(detail) -> tuple:
-    signature = detail.get("shape_signature")
-    dims = signature if signature is not None and len(signature) else detail["shape"]
-    return tuple(None if int(d) < 0 else int(d) for d in dims)
-
-
-def _np_name(dtype) -> str:
+def _tflite_spec(name: str, detail) -> TensorSpec:
     import numpy as np
 
-    return np.dtype(dtype).name
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
+    return TensorSpec(_tflite_name(name), shape, np.dtype(detail["dtype"]).name)
+
+
+def _tflite_name(name: str) -> str:
+    """`serving_default_x:0` -> `x`; `i0_image` -> `image` (save_tflite's order prefixes)."""
+    name = name.split(":")[0]
+    if name.startswith("serving_default_"):
+        name = name[len("serving_default_"):]
+    return re.sub(r"^[io]\d+_", "", name)
 
 
 class TFLiteRunner:
-    """Runs a .tflite file; resizes inputs to the batch given."""
+    """Runs a .tflite file on positional inputs, any batch size."""
 
     def __init__(self, path: str):
         self.path = path
-        self.interpreter = _tflite_interpreter(path)
-        self._shapes = None
 
     def __call__(self, *arrays):
-        import numpy as np
+        from .onnx_to_tf import run_tflite
 
-        it = self.interpreter
-        details = it.get_input_details()
-        shapes = [tuple(np.shape(a)) for a in arrays]
-        if shapes != self._shapes:
-            for d, shape in zip(details, shapes):
-                it.resize_tensor_input(d["index"], list(shape))
-            it.allocate_tensors()
-            self._shapes = shapes
-        for d, a in zip(details, arrays):
-            it.set_tensor(d["index"], np.asarray(a, dtype=d["dtype"]))
-        it.invoke()
-        outs = tuple(it.get_tensor(d["index"]).copy() for d in it.get_output_details())
-        return outs[0] if len(outs) == 1 else outs
+        outs = run_tflite(self.path, list(arrays))
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def wrap(obj, name=None, source=None, fmt="live"):
@@ -351,16 +349,26 @@ def _as_tf_function(handle: ModelHandle, specs):
 
 
 def _rename_graph_io(proto, input_names, output_names) -> None:
-    """Give graph inputs/outputs the model's own names instead of tf2onnx's `Identity:0`."""
+    """Give graph inputs/outputs the model's own names (not `Identity:0`), in the model's order.
+
+    Names are matched after cleaning (`serving_default_a:0` -> `a`), else by position.
+    """
     renames = {}
-    for value, name in zip(proto.graph.input, input_names):
-        if name and value.name != name:
-            renames[value.name] = name
-    for value, name in zip(proto.graph.output, output_names or []):
-        if name and value.name != name:
-            renames[value.name] = name
-    if not renames:
-        return
+    for values, names in ((proto.graph.input, input_names), (proto.graph.output, output_names)):
+        names = [n for n in names or [] if n]
+        current = [v.name for v in values]
+        cleaned = [_tflite_name(n) for n in current]
+        if sorted(cleaned) == sorted(names):
+            renames.update(zip(current, cleaned))
+        else:
+            renames.update((c, n) for c, n in zip(current, names) if c != n)
+        if sorted(cleaned) == sorted(names) and cleaned != names:  # reorder to the model's order
+            by_name = {_tflite_name(v.name): v for v in values}
+            ordered = [type(values[0])() for _ in names]
+            for slot, name in zip(ordered, names):
+                slot.CopyFrom(by_name[name])
+            del values[:]
+            values.extend(ordered)
     for value in list(proto.graph.input) + list(proto.graph.output):
         value.name = renames.get(value.name, value.name)
     for node in proto.graph.node:
@@ -444,19 +452,31 @@ def _save_saved_model(handle: ModelHandle, path: str, is_keras3: bool) -> str:
 
 
 def _save_tflite(handle: ModelHandle, path: str) -> str:
+    """Every TF model goes through onnx_to_tf.save_tflite (named, ordered signature)."""
     from . import onnx_to_tf
 
     obj = handle.obj
-    keras = sys.modules.get("keras")
-    if keras is not None and isinstance(obj, keras.Model) or getattr(handle, "saved_object", None):
-        tf = _tf()
-        function, _ = _as_tf_function(handle, handle.inputs)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [function.get_concrete_function()], obj if hasattr(obj, "trainable_variables") else None)
-        Path(path).write_bytes(converter.convert())
-        return "tflite"
+    if getattr(obj, "serve", None) is None or not hasattr(obj, "output_keys"):
+        obj = _tflite_source(handle)
     onnx_to_tf.save_tflite(obj, path)
     return "tflite"
+
+
+def _tflite_source(handle: ModelHandle):
+    """Adapt a Keras model / SavedModel to what save_tflite takes: a trackable with `serve`,
+    `input_signature` and `output_keys`."""
+    tf = _tf()
+    function, signature = _as_tf_function(handle, handle.inputs)
+    source = tf.Module()
+    saved = getattr(handle, "saved_object", None)
+    if saved is not None:
+        source.model = saved  # keeps its variables tracked, so the converter freezes them
+    else:  # Keras 3 variables wrap tf.Variables, which the converter needs to see
+        source.model_variables = [getattr(v, "value", v) for v in handle.obj.variables]
+    source.serve = function
+    source.input_signature = list(signature)
+    source.output_keys = handle.output_names or ["output"]
+    return source
 
 
 def describe(handle: ModelHandle) -> dict:
