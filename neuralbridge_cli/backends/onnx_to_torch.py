@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
