@@ -24,6 +24,7 @@ class NeuralBridgeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details: list[str] = []  # e.g. each failed strategy, shown with --verbose
 
     def __str__(self) -> str:  # one line, with the hint appended
         return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -233,10 +233,9 @@ def _route(handle, target, specs, arrays, reference, names, options, result):
                 converted = backend("onnx").wrap(proto)
             else:
                 options.progress(f"converting ONNX -> {target.name}")
-                converted = backend(target.framework).from_onnx(
-                    proto, specs, options, **({"target": target.name}
-                                              if target.framework == "tf" else {}))
-            converted.name = _target_name(handle, converted)
+                converted = backend(target.framework).from_onnx(proto, specs, options,
+                                                                target.name)
+            converted.name = handle.name
             report = (validate(reference, converted, arrays, names, options, label)
                       if options.validate else None)
         except NeuralBridgeError as exc:
@@ -255,18 +254,15 @@ def _route(handle, target, specs, arrays, reference, names, options, result):
         errors.append(f"{label}: {report.summary()}")
     if best is None:
         detail = errors[-1] if errors else "no strategy produced a model"
-        raise ConversionError(f"cannot convert {handle.name} to {target.name}: {detail}",
-                              hint=f"{len(errors)} strateg{'y' if len(errors) == 1 else 'ies'} "
-                                   "tried; run with --debug for each error" if len(errors) > 1
-                              else None)
+        error = ConversionError(f"cannot convert {handle.name} to {target.name}: {detail}",
+                                hint=f"{len(errors)} strategies tried; -v shows each error"
+                                if len(errors) > 1 else None)
+        error.details = errors
+        raise error
     converted, proto, report, strategy, route = best
     result.route, result.strategy, result.report = route, strategy, report
     result.notes.extend(f"fallback: {e}" for e in errors)
     return converted, proto
-
-
-def _target_name(source: ModelHandle, converted: ModelHandle) -> str:
-    return source.name
 
 
 def _onnx_candidates(handle, specs, options, result):
@@ -280,6 +276,9 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result) 
     options.progress(f"saving {target.description} to {output}")
     with atomic_output(output, options.force) as tmp:
         saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+    result.notes.extend(getattr(saved_format, "notes", None) or [])
+    if getattr(saved_format, "fixed_batch", False):
+        result.notes.append("the saved program runs only at the example batch size (2)")
     if saved_format == "torchscript" and Path(output).suffix == ".pt2":
         # torch.export failed and TorchScript was written: give it the suffix users expect
         renamed = Path(output).with_suffix(".pt")

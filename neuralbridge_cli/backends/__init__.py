@@ -6,7 +6,7 @@ Each backend module provides:
   input_specs(handle) -> list[TensorSpec] | None  what the model says about its inputs
   run(handle, arrays) -> list[np.ndarray]         one inference, outputs in order
   to_onnx(handle, specs, options) -> iterator of (strategy, onnx.ModelProto)
-  from_onnx(proto, specs, options) -> ModelHandle convert an ONNX graph into this framework
+  from_onnx(proto, specs, options, target) -> ModelHandle   ONNX graph -> this framework
   save(handle, path, target, options) -> str      write a native artifact, returns its format
   describe(handle) -> dict                        class, parameter count...
 The table below maps a framework name to its module; modules are imported on first use.

@@ -86,7 +86,7 @@ def to_onnx(handle: ModelHandle, specs=None, options=None):
     yield "as-is", handle.obj
 
 
-def from_onnx(proto, specs=None, options=None) -> ModelHandle:
+def from_onnx(proto, specs=None, options=None, target: str = "onnx") -> ModelHandle:
     return wrap(proto, fmt="onnx")
 
 

@@ -343,7 +343,7 @@ def _export(module, examples, specs, input_names, names_out, strategy, options):
 
 
 # ---------------------------------------------------------------- from ONNX / save
-def from_onnx(proto, specs, options) -> ModelHandle:
+def from_onnx(proto, specs, options, target: str = "torch") -> ModelHandle:
     from . import onnx_to_torch
 
     module = onnx_to_torch.convert_onnx_to_torch(proto, progress=options.progress)

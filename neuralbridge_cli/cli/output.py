@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ExitCode, NeuralBridgeError
 
@@ -71,7 +72,10 @@ def fail(exc: NeuralBridgeError) -> None:
     """Print the one-line error (plus traceback with --debug) and exit with its code."""
     if SETTINGS.debug:
         stderr.print(traceback.format_exc(), markup=False, highlight=False)
-    stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    if SETTINGS.verbose or SETTINGS.debug:
+        for detail in exc.details:
+            stderr.print(f"  tried: {detail}", markup=False, highlight=False)
+    stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
     raise typer.Exit(exc.exit_code)
 
 
