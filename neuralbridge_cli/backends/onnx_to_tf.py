@@ -9,30 +9,44 @@ Public interface::
 
 How it works
 ------------
-1. onnx2tf builds a tf_keras Functional model from the graph (`disable_model_save=True`: it
-   writes nothing, runs no TFLite converter and no onnxsim subprocess).
+1. onnx2tf builds a tf_keras Functional model from the graph, in-process, with
+   `disable_model_save=True` (it writes nothing: no SavedModel, no TFLite), no onnxsim
+   subprocess (we run onnxsim in-process when a strategy wants it), stdout captured, C++ logs
+   silenced, and its test-image download (`download_test_image_data`, an HTTP GET made when
+   every input is a 3-channel NHWC image with a fixed batch <= 20) served from local seeded data.
 2. The model is wrapped in `TFConverted`, a `tf.Module` whose `serve` is a `tf.function` with a
    fixed input signature (batch dimension `None`). The wrapper restores the ONNX layout of the
-   outputs (onnx2tf may return 3D/4D/5D outputs channels-last) and the ONNX dtypes.
+   outputs (onnx2tf may return 3D/4D/5D outputs channels-last) and the ONNX dtypes. onnx2tf keeps
+   the weights as constants captured by the traced graph; they are lifted into tf.Variables
+   (`model_variables`), so `variables` counts the parameters and a SavedModel stores them in
+   its variables/ folder.
 3. The result is checked against onnxruntime on seeded inputs (batch 2). That check also decides,
    per output, whether a channels-last output must be transposed back. If a strategy fails or its
-   numbers differ, the next strategy is tried (see `_strategies`).
+   numbers differ (max abs error > 1e-3 x max |reference|), the next strategy is tried (see
+   `_strategies`); when all fail, ConversionError names the ONNX node of the last failure.
 4. `save_saved_model` saves a bare `tf.Module` holding the variables and the traced functions,
-   never the Keras model: that skips Keras' layer-metadata serialisation, which is most of
-   onnx2tf's own run time, and the SavedModel loads with plain TensorFlow.
+   never the Keras model: that skips Keras' layer-metadata serialisation (most of onnx2tf's own
+   run time), and the SavedModel loads with plain TensorFlow.
 
 Layouts
 -------
 ``layout="keep"``: every input and output has exactly the ONNX shape and layout (NCHW stays NCHW).
 ``layout="nhwc"``: float inputs of rank 3/4/5 that feed convolution-like ops (images, NCW audio,
 volumes) are taken channels-last (NWC/NHWC/NDHWC); other inputs and all outputs keep the ONNX
-layout. Non-image inputs (token ids, [batch, seq, features]) are never transposed in either mode.
+layout. Non-image inputs (token ids, [batch, seq, features]) are never transposed in either mode
+(onnx2tf's `keep_shape_absolutely_input_names`).
 
 Batch
 -----
-A dynamic ONNX batch stays dynamic (`None` in the signature). A graph with a fixed batch of 1
-(or one that onnx2tf only converts with a fixed batch) is converted at batch 1 and mapped over
-the batch with `tf.map_fn`, so the signature still has batch `None`. A fixed batch > 1 is kept.
+A dynamic ONNX batch stays dynamic (`None` in the signature). A graph with a fixed batch of 1,
+or one that onnx2tf only converts with a fixed batch (vit_b_16 from the dynamo exporter,
+convnext_tiny, bidirectional LSTMs), is converted at batch 1 and mapped over the batch with
+`tf.map_fn`: the signature still has batch `None`, at the cost of a per-sample loop. A fixed
+batch > 1 is kept as it is.
+
+Side effects contained here: importing onnx2tf sets TF_USE_LEGACY_KERAS=1 (undone right after
+the import, so tf.keras stays Keras 3), each conversion sets CUDA_VISIBLE_DEVICES=-1 and reseeds
+`random` / `numpy.random` (all restored after the call).
 """
 from __future__ import annotations
 
@@ -40,6 +54,7 @@ import contextlib
 import copy
 import io
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -448,18 +463,20 @@ class _Strategy:
 def _strategies(proto, inputs) -> list[_Strategy]:
     """Cheapest first. onnx2tf's strict mode (its default) validates ambiguous layouts op by op
     against onnxruntime, re-running the partial Keras model each time: about 100 s on
-    convnext_tiny, where non-strict takes 3 s. Our own check against onnxruntime catches what
-    non-strict gets wrong, so strict mode is only the second line. onnxsim folds the shape
-    arithmetic that onnx2tf mishandles with a dynamic batch; a batch fixed at 1 lets it fold
-    the rest (the TF model is then mapped over the batch)."""
+    convnext_tiny at batch 1 (several minutes with a dynamic batch), where non-strict takes
+    3 s. Our own check against onnxruntime catches what non-strict gets wrong, so strict mode
+    is only the second line. onnxsim folds the shape arithmetic that onnx2tf mishandles with a
+    dynamic batch; a batch fixed at 1 lets it fold the rest (the TF model is then mapped over
+    the batch). Strict mode with a dynamic batch comes last: it never succeeded where batch 1
+    failed on our test models and costs the most."""
     fast = {"disable_strict_mode": True}
     return [
         _Strategy("onnx2tf", kwargs=dict(fast)),
         _Strategy("onnxsim + onnx2tf", simplify=True, kwargs=dict(fast)),
         _Strategy("batch 1 + onnxsim + onnx2tf", simplify=True, fixed_batch=True,
                   kwargs=dict(fast)),
-        _Strategy("onnxsim + onnx2tf strict", simplify=True),
         _Strategy("batch 1 + onnxsim + onnx2tf strict", simplify=True, fixed_batch=True),
+        _Strategy("onnxsim + onnx2tf strict", simplify=True),
         _Strategy("batch 1 + onnxsim + onnx2tf strict, no group conv, unrolled RNN",
                   simplify=True, fixed_batch=True,
                   kwargs={"disable_group_convolution": True, "enable_rnn_unroll": True}),
@@ -498,6 +515,7 @@ def _onnx2tf_sandbox(onnx2tf_pkg):
              getattr(common, "download_test_image_data", None))
     saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
     buf = io.StringIO()
+    rng_states = (random.getstate(), np.random.get_state())  # onnx2tf's op modules reseed both
     mod.download_test_image_data = _offline_test_images
     common.download_test_image_data = _offline_test_images
     undo = _patch_lstm_empty_state()
@@ -507,6 +525,8 @@ def _onnx2tf_sandbox(onnx2tf_pkg):
     finally:
         mod.download_test_image_data, common.download_test_image_data = saved
         undo()
+        random.setstate(rng_states[0])
+        np.random.set_state(rng_states[1])
         if saved_env is None:  # onnx2tf sets CUDA_VISIBLE_DEVICES=-1 for the whole process
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
@@ -555,6 +575,105 @@ def _name_nodes(proto) -> dict:
     return original
 
 
+def _defuse_gelu(proto) -> int:
+    """Rewrite the exact-GELU pattern's `Div(x, sqrt(2)) -> Erf` as `Mul(x, 1/sqrt(2)) -> Erf`.
+
+    onnx2tf 1.28 fuses Div(x, 1.4142135) -> Erf -> Add -> Mul -> Mul into tf.nn.gelu, and the
+    fusion breaks when the pattern's final Mul takes its operands in the other order (torch's
+    TorchScript export of nn.GELU in convnext_tiny): "Output tensors of a Functional model must
+    be the output of a TensorFlow Layer ... Found: 1.4142135". With Mul the pattern is not
+    matched and the ops convert one by one (same value within float32 rounding)."""
+    from onnx import numpy_helper
+    consts = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = a.t
+    erf_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "Erf" and n.input}
+    changed = 0
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != "Div" or len(node.input) != 2 or node.output[0] not in erf_inputs:
+            continue
+        tensor = consts.get(node.input[1])
+        if tensor is None:
+            continue
+        value = numpy_helper.to_array(tensor)
+        if value.size != 1 or not np.issubdtype(value.dtype, np.floating) \
+                or abs(float(value.reshape(-1)[0]) - 1.4142135) > 1e-5:
+            continue
+        name = f"{node.name or 'div'}_{k}_inv_sqrt2"
+        proto.graph.initializer.append(numpy_helper.from_array(
+            np.array(1.0 / value.astype(np.float64), dtype=value.dtype), name))
+        node.op_type = "Mul"
+        node.input[1] = name
+        changed += 1
+    if changed:  # drop the sqrt(2) constants nothing reads any more
+        used = ({i for n in proto.graph.node for i in n.input}
+                | {v.name for v in (*proto.graph.output, *proto.graph.input)})
+        keep = [t for t in proto.graph.initializer if t.name in used]
+        if len(keep) != len(proto.graph.initializer):
+            del proto.graph.initializer[:]
+            proto.graph.initializer.extend(keep)
+    return changed
+
+
+def _split_batch_shape(proto) -> int:
+    """Rewrite `Shape(x, start=0, end=1)` (the batch size, as torch's dynamo exporter writes
+    it) as `Gather(Shape(x), [0])`. onnx2tf 1.28 converts `end` like an axis of the
+    channels-last tensor (end=1 becomes 3) and slices three dims instead of one."""
+    lazy.onnx()
+    from onnx import helper, numpy_helper
+    nodes, changed, index_name = [], 0, None
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Shape" and attrs.get("end") == 1 and attrs.get("start", 0) == 0:
+            if index_name is None:
+                index_name = f"nb_batch_index_{len(proto.graph.initializer)}"
+                proto.graph.initializer.append(
+                    numpy_helper.from_array(np.array([0], np.int64), index_name))
+            full = f"{node.output[0]}_nb_full_shape"
+            nodes.append(helper.make_node("Shape", [node.input[0]], [full], name=node.name))
+            nodes.append(helper.make_node("Gather", [full, index_name], [node.output[0]],
+                                          name=f"{node.name}_batch", axis=0))
+            changed += 1
+        else:
+            nodes.append(node)
+    if changed:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return changed
+
+
+def _add_lstm_zero_states(proto, batch: int = 1) -> None:
+    """Give bidirectional LSTMs without initial_h/initial_c explicit zero states (for graphs
+    with a fixed batch): onnx2tf 1.28 indexes initial_h[1] for the backward direction even
+    when it is absent."""
+    onnx = lazy.onnx()
+    from onnx import numpy_helper
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != "LSTM":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        direction = attrs.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        if direction != "bidirectional":
+            continue
+        ins = list(node.input) + [""] * (7 - len(node.input))
+        if ins[5] and ins[6]:
+            continue
+        hidden = int(attrs["hidden_size"])
+        shape = [batch, 2, hidden] if attrs.get("layout", 0) == 1 else [2, batch, hidden]
+        for slot, what in ((5, "h"), (6, "c")):
+            if not ins[slot]:
+                name = f"{node.name or 'lstm'}_{k}_zero_initial_{what}"
+                proto.graph.initializer.append(
+                    numpy_helper.from_array(np.zeros(shape, np.float32), name))
+                ins[slot] = name
+        del node.input[:]
+        node.input.extend(ins)
+
+
 def _simplify(proto):
     onnxsim = lazy.require("onnxsim", "simplify the ONNX graph")
     model, ok = onnxsim.simplify(copy.deepcopy(proto))
@@ -593,7 +712,7 @@ def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs):
         replace_to_pseudo_operators=["erf"],
     )
     args.update(kwargs)
-    with _onnx2tf_sandbox(onnx2tf_pkg) as log:
+    with _onnx2tf_sandbox(onnx2tf_pkg) as log, _quiet_fds():
         try:
             return onnx2tf_pkg.convert(**args), log.getvalue()
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
@@ -721,6 +840,8 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
 
         base = copy.deepcopy(model_proto)
         original_names = _name_nodes(base)
+        _defuse_gelu(base)
+        _split_batch_shape(base)
         graphs: dict = {}  # (simplify, fixed_batch) -> prepared graph, built once
 
         def prepared(strat):
@@ -734,6 +855,10 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                         graph = _simplify(graph)
                     except Exception as exc:  # convert the graph as it is
                         say(f"onnxsim failed, graph left as is: {_one_line(exc)}")
+                if key[1] or fixed_one:
+                    if graph is base:
+                        graph = copy.deepcopy(base)
+                    _add_lstm_zero_states(graph)
                     original_names.update((k, v) for k, v in _name_nodes(graph).items()
                                           if k not in original_names)
                 graphs[key] = graph
@@ -843,7 +968,7 @@ def _static_output_perms(keras_model, outputs):
 
 
 # --------------------------------------------------------------------------- saving
-def _export_module(tf, tf_module, *, dict_outputs: bool):
+def _export_module(tf, tf_module):
     """A bare tf.Module with the variables and the serving functions (no Keras objects)."""
     export = tf.Module(name="neuralbridge_export")
     export.model_variables = list(tf_module.model_variables)
@@ -867,7 +992,7 @@ def save_saved_model(tf_module, path: str) -> str:
     names), plus `serve` and `__call__` (outputs as a tensor or a tuple, ONNX order).
     Loading it needs plain TensorFlow only."""
     tf = lazy.tensorflow()
-    export = _export_module(tf, tf_module, dict_outputs=True)
+    export = _export_module(tf, tf_module)
     try:
         tf.saved_model.save(
             export, str(path),
