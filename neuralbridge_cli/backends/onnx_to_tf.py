@@ -458,23 +458,28 @@ class _Strategy:
     simplify: bool = False
     fixed_batch: bool = False
     kwargs: dict = field(default_factory=dict)
+    validation: bool = True  # onnx2tf's per-op checks against onnxruntime values
 
 
 def _strategies(proto, inputs) -> list[_Strategy]:
-    """Cheapest first. onnx2tf's strict mode (its default) validates ambiguous layouts op by op
-    against onnxruntime, re-running the partial Keras model each time: about 100 s on
-    convnext_tiny at batch 1 (several minutes with a dynamic batch), where non-strict takes
-    3 s. Our own check against onnxruntime catches what non-strict gets wrong, so strict mode
-    is only the second line. onnxsim folds the shape arithmetic that onnx2tf mishandles with a
-    dynamic batch; a batch fixed at 1 lets it fold the rest (the TF model is then mapped over
-    the batch). Strict mode with a dynamic batch comes last: it never succeeded where batch 1
-    failed on our test models and costs the most."""
+    """Cheapest first; every result is checked against onnxruntime before it is accepted.
+
+    onnx2tf's strict mode (its default) validates ambiguous layouts op by op, re-running the
+    partial Keras model eagerly each time: about 100 s on convnext_tiny at batch 1 (minutes
+    with a dynamic batch), where non-strict takes 3 s. Even non-strict, ops such as MatMul
+    probe their layout against onnxruntime values of every intermediate tensor (50 of 87 s on
+    vit_b_16); the fast strategies skip that data. Our own check against onnxruntime catches
+    what they get wrong, so the slower modes are only later lines. onnxsim folds the shape
+    arithmetic that onnx2tf mishandles with a dynamic batch; a batch fixed at 1 lets it fold
+    the rest (the TF model is then mapped over the batch). Strict mode with a dynamic batch
+    comes last: it never succeeded where batch 1 failed on our test models and costs most."""
     fast = {"disable_strict_mode": True}
     return [
-        _Strategy("onnx2tf", kwargs=dict(fast)),
-        _Strategy("onnxsim + onnx2tf", simplify=True, kwargs=dict(fast)),
+        _Strategy("onnx2tf", kwargs=dict(fast), validation=False),
+        _Strategy("onnxsim + onnx2tf", simplify=True, kwargs=dict(fast), validation=False),
         _Strategy("batch 1 + onnxsim + onnx2tf", simplify=True, fixed_batch=True,
-                  kwargs=dict(fast)),
+                  kwargs=dict(fast), validation=False),
+        _Strategy("onnxsim + onnx2tf with per-op probes", simplify=True, kwargs=dict(fast)),
         _Strategy("batch 1 + onnxsim + onnx2tf strict", simplify=True, fixed_batch=True),
         _Strategy("onnxsim + onnx2tf strict", simplify=True),
         _Strategy("batch 1 + onnxsim + onnx2tf strict, no group conv, unrolled RNN",
@@ -505,14 +510,26 @@ def _offline_test_images() -> np.ndarray:
     return rng.random((20, 128, 128, 3), dtype=np.float32)
 
 
+def _skip_onnx_validation(*args, **kwargs):
+    raise RuntimeError("per-op validation data skipped (fast strategy)")
+
+
 @contextlib.contextmanager
-def _onnx2tf_sandbox(onnx2tf_pkg):
-    """Quiet, offline onnx2tf: stdout captured, test-image download replaced, sys.exit caught."""
+def _onnx2tf_sandbox(onnx2tf_pkg, validation: bool = True):
+    """Quiet, offline onnx2tf: stdout captured, test-image download replaced, sys.exit caught.
+
+    validation=False makes onnx2tf skip its dummy onnxruntime run of every intermediate
+    tensor (it then logs "shape estimation is skipped" and carries on): without those values
+    its ops skip their per-op accuracy probes, which re-run the partial Keras model eagerly
+    (50 of 87 s on vit_b_16 even with strict mode off)."""
     import importlib
     mod = importlib.import_module("onnx2tf.onnx2tf")
     common = importlib.import_module("onnx2tf.utils.common_functions")
     saved = (getattr(mod, "download_test_image_data", None),
              getattr(common, "download_test_image_data", None))
+    saved_dummy = mod.dummy_onnx_inference
+    if not validation:
+        mod.dummy_onnx_inference = _skip_onnx_validation
     saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
     buf = io.StringIO()
     rng_states = (random.getstate(), np.random.get_state())  # onnx2tf's op modules reseed both
@@ -524,6 +541,7 @@ def _onnx2tf_sandbox(onnx2tf_pkg):
             yield buf
     finally:
         mod.download_test_image_data, common.download_test_image_data = saved
+        mod.dummy_onnx_inference = saved_dummy
         undo()
         random.setstate(rng_states[0])
         np.random.set_state(rng_states[1])
@@ -695,7 +713,7 @@ def _fix_batch_one(proto, inputs):
     return proto
 
 
-def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs):
+def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs, validation=True):
     keep_nchw = [i.name for i in inputs if i.image and layout == "keep"]
     keep_abs = [i.name for i in inputs if i.rank >= 1 and not i.image]
     args = dict(
@@ -712,7 +730,7 @@ def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs):
         replace_to_pseudo_operators=["erf"],
     )
     args.update(kwargs)
-    with _onnx2tf_sandbox(onnx2tf_pkg) as log, _quiet_fds():
+    with _onnx2tf_sandbox(onnx2tf_pkg, validation) as log, _quiet_fds():
         try:
             return onnx2tf_pkg.convert(**args), log.getvalue()
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
@@ -841,7 +859,6 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
         base = copy.deepcopy(model_proto)
         original_names = _name_nodes(base)
         _defuse_gelu(base)
-        _split_batch_shape(base)
         graphs: dict = {}  # (simplify, fixed_batch) -> prepared graph, built once
 
         def prepared(strat):
@@ -850,6 +867,9 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 graph = base
                 if key[1]:  # batch 1 first, so onnxsim folds the shape arithmetic of the batch
                     graph = _fix_batch_one(graph, inputs)
+                elif not fixed_one:
+                    graph = copy.deepcopy(base)
+                    _split_batch_shape(graph)
                 if key[0]:
                     try:
                         graph = _simplify(graph)
@@ -859,6 +879,7 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                     if graph is base:
                         graph = copy.deepcopy(base)
                     _add_lstm_zero_states(graph)
+                if graph is not base:
                     original_names.update((k, v) for k, v in _name_nodes(graph).items()
                                           if k not in original_names)
                 graphs[key] = graph
@@ -879,7 +900,7 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 map_batch = fixed_one or strat.fixed_batch
                 outdir = os.path.join(workdir, "onnx2tf")
                 keras_model, _ = _run_onnx2tf(onnx2tf_pkg, graph, inputs, layout, outdir,
-                                              strat.kwargs)
+                                              strat.kwargs, validation=strat.validation)
             except Exception as exc:
                 reason = _describe_failure(exc, graph, original_names)
                 failures.append(f"{strat.name}: {reason}")
