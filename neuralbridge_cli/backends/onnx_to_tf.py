@@ -495,9 +495,12 @@ def _import_onnx2tf():
         return sys.modules["onnx2tf"]
     lazy.tensorflow()
     saved = os.environ.get("TF_USE_LEGACY_KERAS")
+    rng_states = (random.getstate(), np.random.get_state())  # it seeds both on import
     try:
         return lazy.require("onnx2tf", "convert ONNX to TensorFlow")
     finally:
+        random.setstate(rng_states[0])
+        np.random.set_state(rng_states[1])
         if saved is None:
             os.environ.pop("TF_USE_LEGACY_KERAS", None)
         else:
@@ -1202,3 +1205,12 @@ def _run_tflite(interp, inputs) -> list[np.ndarray]:
         interp.set_tensor(d["index"], x.astype(d["dtype"], copy=False))
     interp.invoke()
     return [np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()]
+
+
+def wrap_keras_model(keras_model, model_proto, *, layout: str = "keep", strategy: str = "keras3"):
+    """Wrap a Keras 3 model that already takes and returns the ONNX arrays (onnx_to_keras
+    builds such models) as a TFConverted, so it saves and runs like an onnx2tf result."""
+    inputs, outputs = _graph_io(model_proto)
+    cls = _tfconverted_class()
+    return cls(keras_model, inputs, outputs, [None] * len(outputs), layout=layout,
+               map_batch=False, strategy=strategy)

@@ -288,6 +288,7 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
             errors.append(f"{strategy}: {first_line(exc)}")
             continue
         _rename_graph_io(proto, [s.name for s in specs], handle.output_names)
+        _replace_erfc(proto)
         yield f"tf2onnx-{strategy}", proto
     if errors:
         raise ConversionError("tf2onnx failed: " + " | ".join(errors))
@@ -348,6 +349,29 @@ def _as_tf_function(handle: ModelHandle, specs):
     return call, signature
 
 
+def _replace_erfc(proto) -> None:
+    """tf2onnx passes TF's Erfc through as is (tf.nn.gelu uses it), but ONNX has no Erfc:
+    rewrite erfc(x) as 1 - erf(x)."""
+    from onnx import helper, numpy_helper
+    import numpy as np
+
+    nodes = list(proto.graph.node)
+    if not any(n.op_type == "Erfc" for n in nodes):
+        return
+    one = "nb_erfc_one"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    rewritten = []
+    for node in nodes:
+        if node.op_type != "Erfc":
+            rewritten.append(node)
+            continue
+        erf = f"{node.output[0]}_nb_erf"
+        rewritten += [helper.make_node("Erf", [node.input[0]], [erf], name=f"{node.name}_erf"),
+                      helper.make_node("Sub", [one, erf], [node.output[0]], name=f"{node.name}_sub")]
+    del proto.graph.node[:]
+    proto.graph.node.extend(rewritten)
+
+
 def _rename_graph_io(proto, input_names, output_names) -> None:
     """Give graph inputs/outputs the model's own names (not `Identity:0`), in the model's order.
 
@@ -393,8 +417,9 @@ def from_onnx(proto, specs, options, target: str = "tf") -> ModelHandle:
     else:
         from . import onnx_to_tf
 
-        module = onnx_to_tf.convert_onnx_to_tf(proto, layout=options.layout,
-                                               progress=options.progress)
+        # TFLite: onnx2tf's graphs stay within TFLite builtin ops (the Keras one may not)
+        module = (_via_keras_builder(proto, specs, options) if target == "tf" else None) or \
+            onnx_to_tf.convert_onnx_to_tf(proto, layout=options.layout, progress=options.progress)
         handle = ModelHandle("tf", module, "live", type(module).__name__, inputs=list(specs))
     handle.input_perms = _layout_perms(specs, handle.inputs, options.layout)
     layouts = getattr(handle.obj, "input_layouts", None)  # onnx_to_tf says it explicitly
@@ -402,6 +427,44 @@ def from_onnx(proto, specs, options, target: str = "tf") -> ModelHandle:
         handle.input_perms = {i: (0,) + tuple(range(2, specs[i].rank)) + (1,)
                               for i, layout in enumerate(layouts) if layout == "nhwc"}
     return handle
+
+
+# the Keras builder's result is kept when it matches onnxruntime this closely
+KERAS_BUILDER_REL_ERROR = 1e-5
+
+
+def _via_keras_builder(proto, specs, options):
+    """ONNX -> TF through our own Keras 3 builder, checked against onnxruntime.
+
+    Tried before onnx2tf: it keeps a dynamic batch without per-sample loops (which
+    tf2onnx would turn into ONNX Loop ops on the way back) and is several times faster.
+    Returns None, to fall back to onnx2tf, when it cannot build or does not match.
+    """
+    from . import onnx_backend, onnx_to_keras, onnx_to_tf
+    from ..specs import dummy_inputs
+    from ..validate import compare_outputs
+
+    options.progress("building the TF graph (Keras 3 layers)")
+    try:
+        model = onnx_to_keras.convert_onnx_to_keras(proto, layout=options.layout,
+                                                    progress=options.progress)
+        module = onnx_to_tf.wrap_keras_model(model, proto, layout=options.layout,
+                                             strategy="keras3-builder")
+        arrays = dummy_inputs(specs, seed=1)
+        layouts = getattr(module, "input_layouts", ())
+        feed = [a.transpose((0,) + tuple(range(2, a.ndim)) + (1,)) if i < len(layouts)
+                and layouts[i] == "nhwc" else a for i, a in enumerate(arrays)]
+        got = module.numpy_outputs(*feed)
+        want = onnx_backend.run(onnx_backend.wrap(proto), arrays)
+        report = compare_outputs(want, got, atol=0.0, rtol=KERAS_BUILDER_REL_ERROR)
+    except Exception as exc:  # any failure: onnx2tf gets its turn
+        options.progress(f"Keras 3 builder: {first_line(exc)}; trying onnx2tf")
+        return None
+    if not report.passed:
+        options.progress(f"Keras 3 builder differs from onnxruntime "
+                         f"({report.max_rel_error:.2g}); trying onnx2tf")
+        return None
+    return module
 
 
 def _layout_perms(source_specs, target_specs, layout: str) -> dict[int, tuple[int, ...]]:
