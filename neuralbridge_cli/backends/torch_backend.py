@@ -33,6 +33,8 @@ def load(source: str, fmt, options) -> ModelHandle:
         return _module_handle(_guard(lambda: torch.jit.load(str(path), map_location="cpu"), source),
                               name, source, display=path.stem)
     if name == "torch-exported":
+        if not options.trust_pickle:
+            _refuse_pickled_pt2(path)
         program = _guard(lambda: torch.export.load(str(path)), source)
         handle = _module_handle(program.module(), name, source, display=path.stem)
         handle.inputs = _exported_program_specs(program)
@@ -41,12 +43,32 @@ def load(source: str, fmt, options) -> ModelHandle:
         safetensors = lazy.require("safetensors.torch", "read .safetensors files")
         state = _guard(lambda: safetensors.load_file(str(path)), source)
         return _from_state_dict(state, source, options)
-    if name == "torch-pickle" or options.trust_pickle:
+    if name == "torch-pickle" and not options.trust_pickle:
+        raise LoadError(f"{source}: loading a pickled module can run arbitrary code; refusing",
+                        hint="if you trust its author, pass --trust-pickle")
+    if options.trust_pickle:
         obj = _guard(lambda: torch.load(str(path), map_location="cpu", weights_only=False), source)
         if isinstance(obj, torch.nn.Module):
             return _module_handle(obj.eval(), name, source)
         return _from_state_dict(obj, source, options)
     return _from_state_dict(_load_weights_only(path), source, options)
+
+
+def _refuse_pickled_pt2(path: Path) -> None:
+    """torch.export.load unpickles (weights_only=False) entries marked `use_pickle`:
+    refuse such archives unless the user trusts them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.namelist():
+                if entry.endswith("_config.json") and b'"use_pickle": true' in archive.read(entry):
+                    raise LoadError(
+                        f"{path} stores pickled Python objects ({entry.rsplit('/', 1)[-1]}); "
+                        "refusing to unpickle them",
+                        hint="if you trust its author, pass --trust-pickle (it can run arbitrary code)")
+    except zipfile.BadZipFile as exc:
+        raise LoadError(f"{path} is not a readable .pt2 archive: {first_line(exc)}") from exc
 
 
 def _guard(fn, source):

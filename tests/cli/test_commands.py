@@ -126,3 +126,51 @@ def test_keras_two_inputs_two_outputs_to_onnx(workdir):
     want = model([x[0], x[1]])
     for g, w in zip(got, want):
         assert models.rel_error(g, np.asarray(w)) < 1e-5
+
+
+class _Payload:
+    """Unpickling this creates the file named in `marker` (the attack being refused)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickled_pt2_weights_and_forced_pickle_format_are_refused(workdir):
+    import io
+    import zipfile
+
+    import torch
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(module, (torch.randn(2, 4),)), workdir / "ok.pt2")
+    marker = workdir / "PAYLOAD_RAN"
+    payload = io.BytesIO()
+    torch.save(_Payload(str(marker)), payload)
+    with zipfile.ZipFile(workdir / "ok.pt2") as src, \
+            zipfile.ZipFile(workdir / "evil.pt2", "w", zipfile.ZIP_STORED) as out:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                data = json.dumps(config).encode()
+                weight_file = first["path_name"]
+            out.writestr(name, data)
+    with zipfile.ZipFile(workdir / "evil.pt2") as archive:  # put the payload in that weight
+        entries = {n: archive.read(n) for n in archive.namelist()}
+    with zipfile.ZipFile(workdir / "evil.pt2", "w", zipfile.ZIP_STORED) as out:
+        for name, data in entries.items():
+            out.writestr(name, payload.getvalue() if name.endswith("/" + weight_file) else data)
+    result = invoke("convert", "evil.pt2", "--to", "onnx")
+    assert result.exit_code == 1 and "--trust-pickle" in one_line_error(result)
+    torch.save(_Payload(str(marker)), workdir / "evil.pt")
+    result = invoke("convert", "evil.pt", "--from", "torch-pickle", "--to", "onnx")
+    assert result.exit_code == 1 and "--trust-pickle" in one_line_error(result)
+    assert not marker.exists()
+    assert not (workdir / "evil.onnx").exists()
