@@ -45,6 +45,9 @@ def atomic_output(path: str | Path, force: bool = False):
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
+        if path.exists() and not force:  # appeared while we were writing
+            raise OutputExistsError(f"{path} appeared during the conversion; not replacing it",
+                                    hint="pass --force to overwrite it")
         _replace(tmp, path)
     finally:
         remove(tmp)

@@ -41,6 +41,16 @@ class Options:
     progress: Callable[[str], None] = _no_progress
 
     def check(self) -> "Options":
+        try:  # config files can hold any type
+            self.atol, self.rtol = float(self.atol), float(self.rtol)
+            self.opset = None if self.opset is None else int(self.opset)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad setting: {exc}", hint="atol/rtol are numbers, opset an integer")
+        if not (self.atol == self.atol and self.rtol == self.rtol):  # NaN
+            raise UsageError("--atol and --rtol must be numbers, not NaN")
+        for flag in ("static", "validate", "trust_pickle", "unsafe_keras"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"setting {flag} must be true or false")
         if self.layout not in LAYOUTS:
             raise UsageError(f"unknown layout {self.layout!r}", hint="use keep or nhwc")
         if self.atol < 0 or self.rtol < 0:

@@ -93,6 +93,18 @@ def target_from_suffix(output: str) -> str | None:
     return by_suffix.get(suffix)
 
 
+def _check_suffix(output: str, to: str | None) -> None:
+    """Refuse `--to torch -o model.onnx`: the file would not load as what its name says."""
+    by_suffix = target_from_suffix(output)
+    if not to or not by_suffix or to not in TARGETS:
+        return
+    wanted, named = TARGETS[to], TARGETS[by_suffix]
+    if wanted.framework != named.framework or (wanted.name in ("onnx", "keras", "h5", "tflite")
+                                                and wanted.name != named.name):
+        raise UsageError(f"the output name {output} says {named.name}, but the target is "
+                         f"{wanted.name}", hint=f"name it *{wanted.suffix} or change --to")
+
+
 def load_source(source: Any, options: Options) -> ModelHandle:
     """Detect the format of a path / import path and load it, or adopt a live model object."""
     if isinstance(source, ModelHandle):
@@ -131,7 +143,10 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     if options.input_dtypes:
         specs = [replace(s, dtype=options.input_dtypes.get(s.name, options.input_dtypes.get(
             None, s.dtype))) for s in specs]
-    handle.inputs = fixed_batch(specs, options.static)
+    # a graph whose own batch dim is a number cannot be given another batch
+    fixed = [handle.framework != "torch" and bool(m.shape) and isinstance(m.shape[0], int)
+             for m in model_specs or []]
+    handle.inputs = fixed_batch(specs, options.static, fixed)
     return handle.inputs
 
 
@@ -177,8 +192,8 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     started = time.perf_counter()
     if output and output != AUTO:
         check_output(output, options.force)
-        if to is None:
-            to = target_from_suffix(output)
+        to = to or target_from_suffix(output)
+        _check_suffix(output, to)
     if options.save_onnx:
         check_output(options.save_onnx, options.force)
     handle = load_source(source, options)

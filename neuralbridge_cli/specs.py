@@ -23,6 +23,7 @@ DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16",
 DEFAULT_BATCH = 2
 DEFAULT_SEQUENCE = 16
 DEFAULT_IMAGE_SIZE = 224
+MAX_DUMMY_ELEMENTS = 2**28  # 1 GiB of float32 per input: beyond it, a shape is a typo
 
 Dim = "int | str | None"
 
@@ -183,6 +184,11 @@ def dummy_inputs(specs: Iterable[TensorSpec], batch: int = DEFAULT_BATCH, seed: 
     arrays = []
     for spec in specs:
         shape = spec.concrete_shape(batch)
+        size = int(np.prod(shape, dtype=np.float64))
+        if size > MAX_DUMMY_ELEMENTS:
+            raise InputSpecError(
+                f"input {spec.name} of shape {list(shape)} has {size:.3g} values, too many to "
+                "test with", hint="give a realistic --input-shape")
         if spec.dtype == "bool":
             arrays.append(rng.integers(0, 2, size=shape).astype(bool))
         elif spec.dtype.startswith(("int", "uint")):
@@ -194,8 +200,11 @@ def dummy_inputs(specs: Iterable[TensorSpec], batch: int = DEFAULT_BATCH, seed: 
     return arrays
 
 
-def fixed_batch(specs: Sequence[TensorSpec], static: bool) -> list[TensorSpec]:
-    """Batch dim dynamic unless --static (then the concrete shape is kept)."""
+def fixed_batch(specs: Sequence[TensorSpec], static: bool,
+                keep: Sequence[bool] = ()) -> list[TensorSpec]:
+    """Batch dim dynamic unless --static (then the concrete shape is kept). `keep[i]` marks
+    inputs whose batch the model itself fixes (an ONNX/TF graph with batch 1): left as is."""
     if static:
         return [replace(s, shape=s.concrete_shape(DEFAULT_BATCH)) for s in specs]
-    return [s.with_dynamic_batch() for s in specs]
+    return [s if i < len(keep) and keep[i] else s.with_dynamic_batch()
+            for i, s in enumerate(specs)]

@@ -444,6 +444,8 @@ def _via_keras_builder(proto, specs, options):
     from ..specs import dummy_inputs
     from ..validate import compare_outputs
 
+    if _has_grouped_conv(proto):  # Keras compiles these with XLA; tf2onnx cannot read it back
+        return None
     options.progress("building the TF graph (Keras 3 layers)")
     try:
         model = onnx_to_keras.convert_onnx_to_keras(proto, layout=options.layout,
@@ -465,6 +467,18 @@ def _via_keras_builder(proto, specs, options):
                          f"({report.max_rel_error:.2g}); trying onnx2tf")
         return None
     return module
+
+
+def _has_grouped_conv(proto) -> bool:
+    """A Conv with 1 < group < channels (depthwise convolutions are fine)."""
+    shapes = {init.name: list(init.dims) for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1:
+            weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+            if weight is None or weight[1] != 1:  # depthwise weights have 1 input channel
+                return True
+    return False
 
 
 def _layout_perms(source_specs, target_specs, layout: str) -> dict[int, tuple[int, ...]]:

@@ -147,6 +147,9 @@ def build_from_import_path(path: str, model_args: dict | None = None):
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r} (from {path}): {first_line(exc)}",
                          hint="check the module name and that it is installed") from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed while importing
+        raise LoadError(f"importing {module_name!r} (from {path}) failed: "
+                        f"{type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         sys.path.remove(".")
     target = module
@@ -156,7 +159,7 @@ def build_from_import_path(path: str, model_args: dict | None = None):
             raise UsageError(f"{module_name} has no attribute {attr_path!r}")
     try:
         built = target(**(model_args or {}))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise LoadError(f"calling {path}(**{json.dumps(model_args or {})}) failed: {first_line(exc)}",
                         hint="pass constructor arguments with --model-args '{\"key\": value}'") from exc
     if not isinstance(built, torch.nn.Module):
