@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["convert_model", "export_onnx", "load_as", "load_as_torch", "load_as_tf",
-           "load_as_onnx", "NeuralBridgeError", "__version__"]
+           "load_as_onnx", "NeuralBridgeError", "ValidationMismatch", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,8 +19,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
-    if name == "NeuralBridgeError":
-        from .errors import NeuralBridgeError
+    if name in ("NeuralBridgeError", "ValidationMismatch"):
+        from . import errors
 
-        return NeuralBridgeError
+        return getattr(errors, name)
     raise AttributeError(f"module 'neuralbridge_cli' has no attribute {name!r}")

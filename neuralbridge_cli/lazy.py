@@ -49,6 +49,8 @@ def require(name: str, purpose: str | None = None) -> ModuleType:
     """Import `name` or raise MissingDependencyError with the install hint."""
     if name in sys.modules:
         return sys.modules[name]
+    if name.split(".")[0] in ("torch", "torchvision", "onnx2torch"):
+        _guard_triton_after_tensorflow()
     tf_family = name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "onnx2tf", "tf2onnx")
     if tf_family:
         _prepare_tensorflow_import()
@@ -107,6 +109,13 @@ def tensorflow() -> ModuleType:
 
 
 _TF_PREPARED = False
+
+
+def _guard_triton_after_tensorflow() -> None:
+    """TensorFlow already loaded (the user imported it first) and triton not yet: loading
+    triton now would segfault, so mark it unavailable; torch then runs without it (CPU)."""
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # `import triton` now raises ImportError
 
 
 def _prepare_tensorflow_import() -> None:

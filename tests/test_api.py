@@ -79,3 +79,20 @@ def test_validation_mismatch_raises():
         convert_model(models.torchvision_model("resnet18"), to="onnx", atol=0.0, rtol=0.0)
     assert info.value.exit_code == 3
     assert info.value.report.max_abs_error > 0
+
+
+def test_keras_imported_before_neuralbridge_does_not_crash(tmp_path):
+    """TensorFlow loaded first, then torch's triton: a segfault unless triton is kept out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys\n"
+              f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import models\n"
+              "model = models.keras_two_io()\n"
+              "from neuralbridge_cli import ValidationMismatch, convert_model\n"
+              "print(type(convert_model(model)).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GraphModule" in proc.stdout
