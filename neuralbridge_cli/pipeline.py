@@ -135,6 +135,8 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     """The model's own specs overlaid with the user's; an actionable error when unknown."""
     model_specs = backend(handle.framework).input_specs(handle)
     specs = reconcile(model_specs, options.input_specs)
+    if options.input_specs:  # the user's shapes replace what was inferred
+        handle.notes = [n for n in handle.notes if not n.startswith("inferred input")]
     if not specs:
         raise InputSpecError(
             f"cannot infer the input shape of {handle.name}",
@@ -200,6 +202,9 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     target = target_for(to, handle.framework)
     if output == AUTO:
         output = str(check_output(default_output(handle.name, source, target), options.force))
+    if output and isinstance(source, (str, Path)) and Path(output).exists() and \
+            Path(output).resolve() == Path(str(source)).resolve():
+        raise UsageError(f"the output {output} is the source itself", hint="choose another -o")
     specs = resolve_specs(handle, options)
     arrays = dummy_inputs(specs, DEFAULT_BATCH, seed=0)
     options.progress(f"running the source model on seeded inputs "

@@ -148,3 +148,28 @@ def test_keras_two_io_to_tflite_and_tflite_as_a_source(workdir):
     got = run_plain("onnx", workdir / "two.onnx", x, workdir)
     for g, w in zip(got, model(x)):
         assert models.rel_error(g, np.asarray(w)) < 1e-5
+
+
+def test_two_inputs_out_of_alphabetical_order_to_tf(workdir):
+    """img before ids: signature keywords sort them the other way round."""
+    import torch
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.embed = torch.nn.Embedding(10, 4)
+
+        def forward(self, img, ids):
+            return self.conv(img).mean((2, 3)) + self.embed(ids).mean(1)
+
+    torch.manual_seed(0)
+    module = TwoInputs().eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module, (torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2, 5))),
+                                  dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, workdir / "two_inputs.pt2")
+    result = convert("two_inputs.pt2", "tf", "two.savedmodel", Options())
+    assert result.report.passed and [s.name for s in result.source.inputs] == ["img", "ids"]
+    back = convert("two.savedmodel", "torch", "back.pt2", Options())
+    assert back.report.passed

@@ -90,16 +90,24 @@ def saved_model_handle(loaded, source: str | None) -> ModelHandle:
     if signature is None:
         raise LoadError(f"SavedModel {source} has no serving signature",
                         hint="save it with a signature (tf.saved_model.save(..., signatures=...))")
-    arg_names = list(getattr(signature, "_arg_keywords", None) or [])
     specs_by_name = signature.structured_input_signature[1]
-    arg_names = arg_names or sorted(specs_by_name)
-    inputs = [_tf_spec(specs_by_name[n], n) for n in arg_names]
     out_struct = signature.structured_outputs
     out_names = _output_order(loaded, out_struct)
     outputs = [_tf_spec(out_struct[n], n) for n in out_names]
     name = Path(source).name if source else "SavedModel"
-    handle = ModelHandle("tf", SavedModelRunner(signature, arg_names, out_names), "savedmodel",
-                         name, inputs=inputs, outputs=outputs, source=source)
+    serve = getattr(loaded, "serve", None)
+    positional = list(getattr(serve, "input_signature", None) or [])
+    if positional and len(positional) == len(specs_by_name):
+        # a positional `serve` (ours, Keras exports) keeps the model's input order, which
+        # signature keyword arguments (sorted by name) lose
+        inputs = [_tf_spec(s, s.name or f"input_{i}") for i, s in enumerate(positional)]
+        runner = serve
+    else:
+        arg_names = list(getattr(signature, "_arg_keywords", None) or []) or sorted(specs_by_name)
+        inputs = [_tf_spec(specs_by_name[n], n) for n in arg_names]
+        runner = SavedModelRunner(signature, arg_names, out_names)
+    handle = ModelHandle("tf", runner, "savedmodel", name, inputs=inputs, outputs=outputs,
+                         source=source)
     handle.saved_object = loaded
     return handle
 
