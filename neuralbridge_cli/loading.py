@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .backends import backend
 from .options import Options
-from .pipeline import TARGETS, ConversionResult, convert, load_source, target_from_suffix
+from .pipeline import TARGETS, ConversionResult, convert, target_from_suffix
 
 # the native target of each framework when --save does not say
 NATIVE_TARGET = {"torch": "torch", "tf": "tf", "onnx": "onnx"}

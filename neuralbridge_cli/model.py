@@ -26,6 +26,7 @@ class ModelHandle:
     source: str | None = None
     input_perms: dict[int, tuple[int, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    saved_object: Any = None  # a loaded SavedModel's root object (tf backend)
 
     @property
     def input_names(self) -> list[str]:

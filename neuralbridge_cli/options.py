@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,6 +101,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
                          hint=f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
     return normalized
 
-
-def option_names() -> list[str]:
-    return [f.name for f in fields(Options)]

@@ -6,7 +6,7 @@ are None (or a symbolic name string), and a numpy dtype name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from .errors import InputSpecError
@@ -24,8 +24,6 @@ DEFAULT_BATCH = 2
 DEFAULT_SEQUENCE = 16
 DEFAULT_IMAGE_SIZE = 224
 MAX_DUMMY_ELEMENTS = 2**28  # 1 GiB of float32 per input: beyond it, a shape is a typo
-
-Dim = "int | str | None"
 
 
 @dataclass(frozen=True)

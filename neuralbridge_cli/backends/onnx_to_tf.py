@@ -1120,25 +1120,11 @@ def _tflite_error(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", found[0])[:300] if found else _one_line(exc)
 
 
-@contextlib.contextmanager
 def _quiet_fds():
     """Silence the MLIR converter's C++ chatter on stderr unless NEURALBRIDGE_VERBOSE=1."""
     if os.environ.get("NEURALBRIDGE_VERBOSE") == "1":
-        yield
-        return
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        return contextlib.nullcontext()
+    return lazy.silenced_stderr()
 
 
 def _tflite_interpreter(path: str, mode: str = "default"):

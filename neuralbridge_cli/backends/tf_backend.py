@@ -526,7 +526,7 @@ def _save_saved_model(handle: ModelHandle, path: str, is_keras3: bool) -> str:
         with redirect_stdout(io.StringIO()):
             obj.export(path, format="tf_saved_model", verbose=False)
         return "savedmodel"
-    if getattr(handle, "saved_object", None) is not None:
+    if handle.saved_object is not None:
         tf = _tf()
         tf.saved_model.save(handle.saved_object, path)
         return "savedmodel"
@@ -553,7 +553,7 @@ def _tflite_source(handle: ModelHandle):
     tf = _tf()
     function, signature = _as_tf_function(handle, handle.inputs)
     source = tf.Module()
-    saved = getattr(handle, "saved_object", None)
+    saved = handle.saved_object
     if saved is not None:
         source.model = saved  # keeps its variables tracked, so the converter freezes them
     else:  # Keras 3 variables wrap tf.Variables, which the converter needs to see
@@ -573,7 +573,7 @@ def describe(handle: ModelHandle) -> dict:
                 "parameters": count or None}
     params = 0
     variables = getattr(obj, "weights", None) or getattr(obj, "variables", None)
-    if variables is None and getattr(handle, "saved_object", None) is not None:
+    if variables is None and handle.saved_object is not None:
         variables = getattr(handle.saved_object, "variables", None)
     if variables:
         import numpy as np

@@ -10,7 +10,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from .. import lazy
-from ..errors import first_line, ConversionError, InputSpecError, LoadError, UsageError
+from ..errors import first_line, ConversionError, LoadError, UsageError
 from ..model import ModelHandle
 from ..specs import DEFAULT_BATCH, TensorSpec, dummy_inputs
 
@@ -93,7 +93,6 @@ def _load_weights_only(path: Path):
 
 
 def _from_state_dict(obj, source: str, options) -> ModelHandle:
-    torch = lazy.torch()
     state = _unwrap_state_dict(obj)
     if state is None:
         raise LoadError(f"{source} holds neither a module nor a state dict of tensors")
