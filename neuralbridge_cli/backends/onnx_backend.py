@@ -61,18 +61,29 @@ def input_specs(handle: ModelHandle) -> list[TensorSpec]:
     return graph_inputs(handle.obj)
 
 
+# id(proto) -> (proto, session): protobuf messages take no attributes, so the cache lives
+# here; the proto is kept alive with its session so that its id cannot be reused.
+_SESSIONS: dict[int, tuple] = {}
+_MAX_SESSIONS = 4
+
+
 def session(proto):
-    """An onnxruntime CPU session for `proto`, cached on the proto object."""
-    cached = getattr(proto, "_nb_session", None)
-    if cached is not None:
-        return cached
+    """An onnxruntime CPU session for `proto`, cached: the pipeline runs a source ONNX model
+    several times (reference outputs, builder checks), and a session costs ~0.3 s to build."""
+    cached = _SESSIONS.get(id(proto))
+    if cached is not None and cached[0] is proto:
+        return cached[1]
     ort = lazy.require("onnxruntime", "run ONNX models")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     data = proto.SerializeToString() if proto.ByteSize() < 2**31 - 1 else None
     if data is None:
         raise LoadError("model over 2 GB: run it from its file path")
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    if len(_SESSIONS) >= _MAX_SESSIONS:
+        _SESSIONS.pop(next(iter(_SESSIONS)))
+    _SESSIONS[id(proto)] = (proto, sess)
+    return sess
 
 
 def run(handle: ModelHandle, arrays: list) -> list:

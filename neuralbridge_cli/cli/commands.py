@@ -48,10 +48,9 @@ def convert(
 
     Examples:
 
+    \b
       neuralbridge convert resnet18.pt --model-class torchvision.models:resnet18 --to tf
-
       neuralbridge convert model.keras --to torch -o model.pt2
-
       neuralbridge convert model.onnx --to tflite --input-shape 1,3,224,224
     """
     from ..pipeline import AUTO, convert as run_convert

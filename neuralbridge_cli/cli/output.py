@@ -9,8 +9,6 @@ import traceback
 from dataclasses import dataclass
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from ..errors import ExitCode, NeuralBridgeError
 
@@ -23,8 +21,26 @@ class Settings:
 
 
 SETTINGS = Settings(debug=os.environ.get("NEURALBRIDGE_DEBUG") == "1")
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+
+
+class _LazyConsole:
+    """A rich Console built on first use: importing rich.console costs ~30 ms, which
+    `--help` and `--version` never need."""
+
+    def __init__(self, **kwargs):
+        self._kwargs = kwargs
+        self._console = None
+
+    def __getattr__(self, name):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
+
+
+stdout = _LazyConsole(soft_wrap=True)
+stderr = _LazyConsole(stderr=True, soft_wrap=True)
 
 
 def print_json(data) -> None:
@@ -75,6 +91,8 @@ def fail(exc: NeuralBridgeError) -> None:
     if SETTINGS.verbose or SETTINGS.debug:
         for detail in exc.details:
             stderr.print(f"  tried: {detail}", markup=False, highlight=False)
+    from rich.markup import escape
+
     stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
     raise typer.Exit(exc.exit_code)
 

@@ -34,7 +34,7 @@ class Layout(str, Enum):
 
 
 SourceArg = Annotated[str, typer.Argument(
-    help="Model file, SavedModel folder, or import path like torchvision.models:resnet18.",
+    metavar="SOURCE", help="Model file, SavedModel folder, or import path like torchvision.models:resnet18.",
     show_default=False)]
 InputShapeOpt = Annotated[Optional[List[str]], typer.Option(
     "--input-shape", "-s", help="Input shape, e.g. 1,3,224,224 or name:1,3,224,224 (repeat per "
