@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-full bench acceptance clean
+.PHONY: install demo test test-full bench acceptance zoo clean
 
 install: $(STAMP)
 
@@ -28,7 +28,10 @@ bench: install
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out zoo-out bench-out acceptance-out .pytest_cache
 
 acceptance: install
 	$(PY) scripts/acceptance.py
+
+zoo: install
+	$(PY) scripts/zoo.py --jobs 2 --resume

@@ -1,12 +1,20 @@
-"""`make bench`: start-up and ONNX -> TF timings against the raw tools, as ratios.
+"""`make bench`: NeuralBridge against the raw tools, side by side, as ratios -> docs/BENCHMARKS.md.
 
-Runs the pairs alternately (A B A B ...) in one session so machine drift hits both,
-and reports medians. Results go to stdout and docs/BENCHMARKS.md.
-Usage: python scripts/bench.py [--runs 5] [--convert-runs 2] [--skip-convert]
+1. Start-up: `neuralbridge --help` against `python -c "import typer, rich"`.
+2. Conversion wall time and peak RSS of `neuralbridge convert` against the raw tool doing
+   the same step with its defaults (onnx2tf, tf2onnx, a plain torch.onnx.export script,
+   onnx2torch.convert), for resnet18, mobilenet_v3_small and a transformer encoder.
+3. Inference latency of the converted TF model against its PyTorch source (and, for
+   mobilenet_v3_small, against Keras' own MobileNetV3Small as a TF-native reference).
+
+Pairs run alternately (A B A B ...) so machine drift hits both; medians are reported.
+Usage: python scripts/bench.py [--runs 7] [--convert-runs 2] [--models resnet18,...]
+       [--skip-convert] [--skip-latency]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -17,40 +25,62 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 BIN_DIR = Path(sys.executable).parent
 WORK = ROOT / "bench-out"
 # Every command runs as in an activated venv: onnx2tf's default run calls the `onnxsim`
 # executable, which it finds only on PATH (without it, onnx2tf skips that step silently).
-ACTIVATED = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
-NOT_ACTIVATED = {**os.environ, "PATH": os.pathsep.join(
+ACTIVATED = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+             "PYTHONPATH": str(ROOT / "tests")}
+NOT_ACTIVATED = {**ACTIVATED, "PATH": os.pathsep.join(
     p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN_DIR)}
+MODELS = {  # name -> (import path, model args) for `neuralbridge convert`
+    "resnet18": ("models:torchvision_model", {"name": "resnet18"}),
+    "mobilenet_v3_small": ("models:torchvision_model", {"name": "mobilenet_v3_small"}),
+    "transformer_encoder": ("models:transformer_encoder", {}),
+}
+RAW_TORCH_EXPORT = """
+import sys, torch, models
+name, out = sys.argv[1], sys.argv[2]
+model = models.transformer_encoder() if name == "transformer_encoder" else \\
+    models.torchvision_model(name)
+x = torch.randn(2, 16, 32) if name == "transformer_encoder" else torch.randn(2, 3, 224, 224)
+torch.onnx.export(model, (x,), out)
+"""
+RAW_ONNX2TORCH = "import sys, onnx2torch; onnx2torch.convert(sys.argv[1])"
 
 
-def timed(cmd: list[str], cwd: Path = WORK, env=None) -> float:
+class Failed(Exception):
+    pass
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the process) of one run; Failed if it exits non-zero."""
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, env=env or ACTIVATED)
+    with open(WORK / ".stderr", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=WORK, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env or ACTIVATED)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n"
-                         f"{proc.stderr[-2000:]}")
-    return elapsed
+        tail = (WORK / ".stderr").read_text().strip().splitlines()[-1:] or ["?"]
+        raise Failed(f"exit {proc.returncode}: {tail[0][:160]}")
+    return elapsed, usage.ru_maxrss / 1024
 
 
-def pair(a: list[str], b: list[str], runs: int, before=None,
-         env_b=None) -> tuple[float, float, float]:
-    """Median seconds of A and B and the median of the pairwise ratios A/B."""
-    times_a, times_b = [], []
+def pair(a: list[str], b: list[str], runs: int, before=None, env_b=None) -> dict:
+    """Medians of A and B (seconds, peak MiB) and the median of the pairwise ratios A/B."""
+    ta, tb, ma, mb = [], [], [], []
     for _ in range(runs):
-        if before:
-            before()
-        times_a.append(timed(a))
-        if before:
-            before()
-        times_b.append(timed(b, env=env_b))
-    ratios = [x / y for x, y in zip(times_a, times_b)]
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+        for cmd, times, mems, env in ((a, ta, ma, None), (b, tb, mb, env_b)):
+            if before:
+                before()
+            seconds, mib = timed(cmd, env)
+            times.append(seconds)
+            mems.append(mib)
+    return {"a": statistics.median(ta), "b": statistics.median(tb),
+            "ratio": statistics.median(x / y for x, y in zip(ta, tb)),
+            "a_mib": statistics.median(ma), "b_mib": statistics.median(mb)}
 
 
 def machine() -> str:
@@ -65,67 +95,198 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
-def make_resnet18_onnx() -> Path:
-    import torch
-    import models
+def nb(*args: str) -> list[str]:
+    return [str(BIN_DIR / "neuralbridge"), "-q", *args, "--force"]
 
-    path = WORK / "resnet18.onnx"
-    if not path.exists():
-        model = models.torchvision_model("resnet18")
-        torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True,
-                          input_names=["x"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    return path
+
+def prepare(name: str) -> None:
+    """The model's ONNX file and SavedModel, made once with neuralbridge (not timed)."""
+    source, args = MODELS[name]
+    for target, out in (("onnx", f"{name}.onnx"), ("tf", f"{name}.savedmodel")):
+        if not (WORK / out).exists():
+            timed(nb("convert", source, "--model-args", json.dumps(args), "--to", target,
+                     "-o", out))
+
+
+def conversion_rows(name: str, runs: int) -> list[tuple]:
+    """(route, ours, raw tool, result dict or error text) for one model."""
+    source, args = MODELS[name]
+    prepare(name)
+    py = str(BIN_DIR / "python")
+    outs = ("nb_out.onnx", "nb_out.savedmodel", "nb_out.pt2", "raw_out", "raw_out.onnx")
+
+    def clean():
+        for p in outs:
+            target = WORK / p
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else \
+                target.unlink(missing_ok=True)
+
+    cases = [
+        ("torch -> onnx", nb("convert", source, "--model-args", json.dumps(args), "--to",
+                             "onnx", "-o", "nb_out.onnx"),
+         [py, "-c", RAW_TORCH_EXPORT, name, "raw_out.onnx"], "plain `torch.onnx.export` script"),
+        ("onnx -> tf", nb("convert", f"{name}.onnx", "--to", "tf", "-o", "nb_out.savedmodel"),
+         [str(BIN_DIR / "onnx2tf"), "-i", f"{name}.onnx", "-o", "raw_out"],
+         "`onnx2tf -i m.onnx -o out`"),
+        ("onnx -> torch", nb("convert", f"{name}.onnx", "--to", "torch", "-o", "nb_out.pt2"),
+         [py, "-c", RAW_ONNX2TORCH, f"{name}.onnx"], "`onnx2torch.convert(m.onnx)`"),
+        ("tf -> onnx", nb("convert", f"{name}.savedmodel", "--to", "onnx", "-o", "nb_out.onnx"),
+         [py, "-m", "tf2onnx.convert", "--saved-model", f"{name}.savedmodel", "--output",
+          "raw_out.onnx"], "`python -m tf2onnx.convert --saved-model`"),
+    ]
+    rows = []
+    for route, ours, raw, label in cases:
+        try:
+            rows.append((route, label, pair(ours, raw, runs, before=clean)))
+        except Failed as exc:
+            rows.append((route, label, str(exc)))
+        print(route, name, rows[-1][2], flush=True)
+    clean()
+    return rows
+
+
+LATENCY_SCRIPT = """
+import json, sys, time, statistics
+sys.path.insert(0, 'tests')
+import numpy as np
+from neuralbridge_cli.api import load_as_torch, load_as_tf
+import models
+name, saved, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import torch
+torch.set_num_threads(2)
+model = models.transformer_encoder() if name == 'transformer_encoder' else \\
+    models.torchvision_model(name)
+shape = (1, 16, 32) if name == 'transformer_encoder' else (1, 3, 224, 224)
+x = np.random.default_rng(0).standard_normal(shape).astype('float32')
+def median_ms(fn):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+with torch.no_grad():
+    xt = torch.from_numpy(x)
+    result = {'torch_ms': median_ms(lambda: model(xt))}
+import tensorflow as tf
+loaded = tf.saved_model.load(saved)
+xf = tf.constant(x)
+result['converted_tf_ms'] = median_ms(lambda: loaded.serve(xf))
+if name == 'mobilenet_v3_small':
+    import keras
+    native = keras.applications.MobileNetV3Small(weights=None, input_shape=(224, 224, 3))
+    serve = tf.function(lambda t: native(t, training=False))
+    xn = tf.constant(np.transpose(x, (0, 2, 3, 1)))
+    result['keras_native_ms'] = median_ms(lambda: serve(xn))
+print(json.dumps(result))
+"""
+
+
+def latency(name: str, runs: int) -> dict | str:
+    prepare(name)
+    proc = subprocess.run([str(BIN_DIR / "python"), "-c", LATENCY_SCRIPT, name,
+                           str(WORK / f"{name}.savedmodel"), str(runs)], cwd=ROOT,
+                          capture_output=True, text=True, env={**ACTIVATED,
+                                                               "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode != 0:
+        return f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def render(args, startup: list, conversions: dict, latencies: dict) -> str:
+    lines = ["# Benchmarks", "", f"Machine: {machine()}. Generated by `make bench` "
+             f"(scripts/bench.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"load average before the run {os.getloadavg()[0]:.1f}. Whole-process wall "
+             f"time, medians of alternating runs ({args.runs} for start-up, "
+             f"{args.convert_runs} for conversions); ratio = median of pairwise ratios.", "",
+             "## Start-up and the core ONNX -> TF target", "",
+             "| command | baseline | command s | baseline s | ratio | target |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for cmd, base, r, target in startup:
+        lines.append(f"| {cmd} | {base} | {r['a']:.2f} | {r['b']:.2f} | {r['ratio']:.2f} "
+                     f"| {target} |")
+    if conversions:
+        lines += ["", "## Conversion against the raw tools", "",
+                  "Each raw tool does the same step with its defaults; NeuralBridge also "
+                  "validates (source and converted model run on the same inputs) and "
+                  "re-loads what it wrote.", "",
+                  "| model | route | raw tool | NeuralBridge s | raw s | time ratio | "
+                  "NeuralBridge MiB | raw MiB | memory ratio |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, rows in conversions.items():
+            for route, label, r in rows:
+                if isinstance(r, str):
+                    lines.append(f"| {name} | {route} | {label} | | | {r} | | | |")
+                else:
+                    lines.append(f"| {name} | {route} | {label} | {r['a']:.1f} | {r['b']:.1f} "
+                                 f"| {r['ratio']:.2f} | {r['a_mib']:.0f} | {r['b_mib']:.0f} "
+                                 f"| {r['a_mib'] / r['b_mib']:.2f} |")
+    if latencies:
+        lines += ["", "## Inference latency of the converted model", "",
+                  "Batch 1, median of the runs after 5 warm-ups, 2 threads. The converted "
+                  "SavedModel (from `neuralbridge convert ... --to tf`) against its PyTorch "
+                  "source; for mobilenet_v3_small also Keras' own MobileNetV3Small (not the "
+                  "same weights or exactly the same architecture: a TF-native yardstick).", "",
+                  "| model | PyTorch ms | converted TF ms | TF / PyTorch | Keras-native ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, r in latencies.items():
+            if isinstance(r, str):
+                lines.append(f"| {name} | {r} | | | |")
+                continue
+            native = f"{r['keras_native_ms']:.1f}" if "keras_native_ms" in r else ""
+            lines.append(f"| {name} | {r['torch_ms']:.1f} | {r['converted_tf_ms']:.1f} | "
+                         f"{r['converted_tf_ms'] / r['torch_ms']:.2f} | {native} |")
+    lines += ["", "## Notes", "",
+              "- Commands run as in an activated venv (the venv's `bin` first on PATH). "
+              "onnx2tf's default run then simplifies the graph with the `onnxsim` executable "
+              "and writes float32 and float16 `.tflite` files besides the SavedModel; with "
+              "`onnxsim` missing from PATH it skips that step without failing (second row "
+              "of the first table).",
+              "- Importing TensorFlow + Keras + onnx + onnxruntime alone takes about 0.45x of "
+              "the raw onnx2tf run without onnxsim: both tools pay that floor.",
+              "- `--help` renders click's plain help: typer's rich help panels cost ~150 ms "
+              "of imports (rich.console, rich.markdown, markdown_it) per call."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--convert-runs", type=int, default=2)
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip-convert", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    py, nb = str(BIN_DIR / "python"), str(BIN_DIR / "neuralbridge")
-    rows = []
-    a, b, r = pair([nb, "--help"], [py, "-c", "import typer, rich"], args.runs)
-    rows.append(("`neuralbridge --help`", "`python -c 'import typer, rich'`", a, b, r, "<= 1.5"))
-    onnx_path = make_resnet18_onnx()
-    a, b, r = pair([nb, "inspect", onnx_path.name], [py, "-c", "import typer, rich"], args.runs)
-    rows.append(("`neuralbridge inspect resnet18.onnx`", "`python -c 'import typer, rich'`",
-                 a, b, r, ""))
+    py = str(BIN_DIR / "python")
+    base = [py, "-c", "import typer, rich"]
+    startup = [("`neuralbridge --help`", "`python -c 'import typer, rich'`",
+                pair([str(BIN_DIR / "neuralbridge"), "--help"], base, args.runs), "<= 1.5")]
+    prepare("resnet18")
+    startup.append(("`neuralbridge inspect resnet18.onnx`", "`python -c 'import typer, rich'`",
+                    pair([str(BIN_DIR / "neuralbridge"), "inspect", "resnet18.onnx"], base,
+                         args.runs), ""))
+    conversions, latencies = {}, {}
     if not args.skip_convert:
         def clean():
             for p in ("nb.savedmodel", "raw_out"):
                 shutil.rmtree(WORK / p, ignore_errors=True)
 
-        ours = [nb, "-q", "convert", onnx_path.name, "--to", "tf", "-o", "nb.savedmodel"]
-        raw = [str(BIN_DIR / "onnx2tf"), "-i", onnx_path.name, "-o", "raw_out"]
-        a, b, r = pair(ours, raw, args.convert_runs, before=clean)
-        rows.append(("`neuralbridge convert resnet18.onnx --to tf` (validation included)",
-                     "`onnx2tf -i resnet18.onnx -o out` (defaults, venv activated: runs "
-                     "onnxsim)", a, b, r, "<= 0.5"))
-        a, b, r = pair(ours, raw, args.convert_runs, before=clean, env_b=NOT_ACTIVATED)
-        rows.append(("`neuralbridge convert resnet18.onnx --to tf` (validation included)",
-                     "the same onnx2tf with `onnxsim` not on PATH (skips simplification)",
-                     a, b, r, ""))
-    lines = ["# Benchmarks", "", f"Machine: {machine()}. Medians of alternating runs "
-             f"({args.runs} for start-up, {args.convert_runs} for conversion); whole-process "
-             "wall time.", "",
-             "| command | baseline | command s | baseline s | ratio | target |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for cmd, base, sa, sb, ratio, target in rows:
-        lines.append(f"| {cmd} | {base} | {sa:.2f} | {sb:.2f} | {ratio:.2f} | {target} |")
-    lines += ["", "Notes:", "",
-              "- Commands run as in an activated venv (the venv's `bin` first on PATH). "
-              "onnx2tf's default run then simplifies the graph with the `onnxsim` executable "
-              "and writes float32 and float16 `.tflite` files besides the SavedModel; with "
-              "`onnxsim` missing from PATH it skips that step without failing (second row).",
-              "- `neuralbridge convert` includes its validation: the source on onnxruntime, "
-              "the built model against onnxruntime, and the written SavedModel re-loaded and "
-              "run on the same inputs.",
-              "- Importing TensorFlow + Keras + onnx + onnxruntime alone takes about 0.45x "
-              "of the raw onnx2tf run without onnxsim: that import floor is shared by both "
-              "tools."]
-    text = "\n".join(lines) + "\n"
+        ours = nb("convert", "resnet18.onnx", "--to", "tf", "-o", "nb.savedmodel")
+        raw = [str(BIN_DIR / "onnx2tf"), "-i", "resnet18.onnx", "-o", "raw_out"]
+        startup.append(("`neuralbridge convert resnet18.onnx --to tf` (validation included)",
+                        "`onnx2tf -i resnet18.onnx -o out` (defaults, venv activated)",
+                        pair(ours, raw, args.convert_runs, before=clean), "<= 0.5"))
+        startup.append(("the same", "the same onnx2tf, `onnxsim` not on PATH",
+                        pair(ours, raw, args.convert_runs, before=clean,
+                             env_b=NOT_ACTIVATED), ""))
+        for name in args.models.split(","):
+            conversions[name] = conversion_rows(name, args.convert_runs)
+    if not args.skip_latency:
+        for name in args.models.split(","):
+            latencies[name] = latency(name, args.latency_runs)
+    text = render(args, startup, conversions, latencies)
     print(text)
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "BENCHMARKS.md").write_text(text)
