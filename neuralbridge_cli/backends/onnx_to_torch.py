@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -60,7 +61,8 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
        drop a needless `allowzero=1` (onnx2torch refuses it);
     9. give every graph output its own single-output producer (onnx2torch returns a whole
        output tuple for an output of a multi-output node, and cannot return an input);
-    10. remove dead nodes and initializers.
+    10. rename nodes whose names hold characters that break .pt2 serialization;
+    11. remove dead nodes and initializers.
     The fixes applied are logged and kept in metadata_props["neuralbridge.onnx2torch_fixes"].
     Raises ConversionError when the opset cannot be lowered.
     """
@@ -88,6 +90,7 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
         fixes["constant-fold"] += _fold_constants(model, _default_opset(model))
     fixes["reshape-static-target"] += _simplify_reshapes(model)
     fixes["output-identity"] += _separate_graph_outputs(model)
+    fixes["node-rename"] += _sanitize_node_names(model)
     _remove_dead(model)
 
     applied = ", ".join(f"{k} x{v}" for k, v in fixes.items() if v)
@@ -95,6 +98,31 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
         _LOG.info("onnx2torch graph fixes: %s", applied)
         _set_metadata(model, "neuralbridge.onnx2torch_fixes", applied)
     return model
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+def _sanitize_node_names(model) -> int:
+    """Replace characters other than letters, digits and `_./-` in node names.
+
+    onnx2torch names its submodules after the nodes, and torch.export records those names
+    in each node's nn_module_stack, which the .pt2 serializer joins with ',' and ';': a
+    TFLite-derived name such as `model/conv2d/Conv2D;model/conv2d/BiasAdd` then writes a
+    file that torch.export.load cannot read back."""
+    taken = {node.name for node in model.graph.node}
+    renamed = 0
+    for node in model.graph.node:
+        if not _UNSAFE_NAME_CHARS.search(node.name):
+            continue
+        base = _UNSAFE_NAME_CHARS.sub("_", node.name)
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        node.name = name
+        renamed += 1
+    return renamed
 
 
 def _default_opset(model) -> int:

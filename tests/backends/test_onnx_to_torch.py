@@ -392,3 +392,21 @@ def test_seeded_init_gives_order_one_outputs():
     with torch.no_grad():
         out = model(seeded_input((2, 3, 64, 64)))
     assert 1e-2 < float(out.abs().max()) < 1e3
+
+
+def test_tflite_style_node_names_save_a_loadable_pt2(tmp_path):
+    """TFLite-derived node names (`a/Conv2D;a/BiasAdd`, commas) broke .pt2 loading."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1],
+                              name="seq/conv2d/Conv2D;seq/conv2d/BiasAdd"),
+             helper.make_node("Relu", ["c"], ["y"], name="seq/re,lu;1")]
+    proto = make_model(nodes, [vinfo("x", ["N", 3, 8, 8])], [vinfo("y")], [w])
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert [n.name for n in prepared.graph.node] == ["seq/conv2d/Conv2D_seq/conv2d/BiasAdd",
+                                                     "seq/re_lu_1"]
+    x2 = torch.from_numpy(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    x3 = torch.from_numpy(rng.standard_normal((3, 3, 8, 8)).astype(np.float32))
+    reference = lambda x: torch.from_numpy(run_ort(proto, [x.numpy()])[0])  # noqa: E731
+    _, fmt = check_roundtrip(reference, [x2], [x3], proto, tmp_path)
+    assert fmt == "exported"
