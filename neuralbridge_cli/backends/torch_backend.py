@@ -323,7 +323,7 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
         n_outputs = len(flatten_outputs(module(*examples)))
     names_out = output_names(handle, n_outputs)
     errors = []
-    for strategy in ("dynamo", "torchscript"):
+    for strategy in _exporter_order(options.opset):
         if strategy == "torchscript" and options.opset and options.opset > 20:
             continue
         options.progress(f"exporting to ONNX ({strategy} exporter)")
@@ -332,9 +332,27 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
         except Exception as exc:
             errors.append(f"{strategy}: {first_line(exc)}")
             continue
+        written = _default_opset(proto)
+        if options.opset and written != options.opset:
+            handle.notes.append(f"the {strategy} exporter wrote opset {written}; it could not "
+                                f"lower the graph to the requested opset {options.opset}")
         yield strategy, proto
     if errors:
         raise ConversionError("torch.onnx.export failed: " + " | ".join(errors))
+
+
+def _exporter_order(opset: int | None) -> tuple[str, ...]:
+    """The dynamo exporter first; but it translates at opset 18 and lowers afterwards, which
+    fails for many graphs, so a requested older opset goes to the TorchScript exporter
+    first (it translates at that opset directly)."""
+    if opset and opset < DEFAULT_ONNX_OPSET:
+        return ("torchscript", "dynamo")
+    return ("dynamo", "torchscript")
+
+
+def _default_opset(proto) -> int | None:
+    return next((int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx")),
+                None)
 
 
 def _export(module, examples, specs, input_names, names_out, strategy, options):

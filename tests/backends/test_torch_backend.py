@@ -50,3 +50,15 @@ def test_sequence_models_export_to_onnx_with_inferred_shapes(builder):
     result = convert(module, "onnx", None, Options(atol=1e-5, rtol=1e-4))
     assert result.report.passed and result.report.max_rel_error < 1e-5
     assert any("inferred" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_requested_opset_is_honoured(opset):
+    """The dynamo exporter translates at 18 and often cannot lower to 17: an older opset
+    goes to the TorchScript exporter first; a newer one stays with dynamo."""
+    result = convert(models.small_cnn(), "onnx", None, Options(opset=opset))
+    proto = result.target.obj
+    assert [i.version for i in proto.opset_import if i.domain in ("", "ai.onnx")] == [opset]
+    assert result.strategy == ("torchscript" if opset == 17 else "dynamo")
+    assert result.report.passed
+    assert not any("could not lower" in n for n in result.notes)
