@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-full bench acceptance clean
+.PHONY: install demo test test-full bench acceptance clean completions man
 
 install: $(STAMP)
 
@@ -32,3 +32,10 @@ clean:
 
 acceptance: install
 	$(PY) scripts/acceptance.py
+
+# shell completion scripts and the man page, generated from the app (tests fail when stale)
+completions: install
+	$(PY) -m neuralbridge_cli.cli.completion completions
+
+man: install
+	$(PY) -m neuralbridge_cli.cli.manpage man/neuralbridge.1
