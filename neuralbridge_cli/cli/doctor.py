@@ -31,7 +31,7 @@ def _complete_route(incomplete: str) -> list[str]:
 def doctor(
     route: Annotated[Optional[List[str]], typer.Option(
         "--route", "-r", help="Check one route, SOURCE:TARGET (e.g. torch:tf, keras:torch, "
-        "onnx:tflite); exit 1 when it is unavailable. Repeatable.", show_default=False,
+        "onnx:tflite); exit 1 when it is unavailable.", show_default=False,
         autocompletion=_complete_route)] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
