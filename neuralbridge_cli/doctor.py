@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from . import __version__
-from .errors import UsageError
+from .errors import MissingDependencyError, UsageError
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,16 @@ def check_route(source: str, target: str, packages: dict[str, Installed]) -> Rou
     status = "missing" if missing else "partial" if optional_missing else "ok"
     fix = install_hint(missing + optional_missing) if status != "ok" else None
     return Route(source, target, status, missing, optional_missing, fix)
+
+
+def require_route(source: str, target: str) -> None:
+    """Fail fast, before any conversion work, when a package the route needs is missing."""
+    missing = [n for n in route_needs(source, target)[0]
+               if installed_version(PACKAGES[n])[0] is None]
+    if missing:
+        raise MissingDependencyError(
+            f"converting {source} to {target} needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed", hint=install_hint(missing))
 
 
 def parse_route(text: str) -> tuple[str, str]:

@@ -100,3 +100,17 @@ def test_parse_route(text, expected):
 def test_parse_route_rejects(text):
     with pytest.raises(UsageError):
         doctor.parse_route(text)
+
+
+def test_require_route_passes_here_and_names_the_extra(monkeypatch):
+    doctor.require_route("torch", "tf")  # everything is installed in the test venv
+    real = doctor.installed_version
+    monkeypatch.setattr(doctor, "installed_version",  # as if torch were uninstalled
+                        lambda pkg: (None, None) if pkg.name == "torch" else real(pkg))
+    from neuralbridge_cli.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError) as info:
+        doctor.require_route("tf", "torch")
+    assert "needs torch" in str(info.value)
+    assert info.value.hint == "pip install 'neuralbridge-cli[torch]'"
+    doctor.require_route("tf", "onnx")
