@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-full bench acceptance zoo clean
+.PHONY: install demo test test-full bench acceptance zoo clean completions man
 
 install: $(STAMP)
 
@@ -35,3 +35,10 @@ acceptance: install
 
 zoo: install
 	$(PY) scripts/zoo.py --jobs 2 --resume
+
+# shell completion scripts and the man page, generated from the app (tests fail when stale)
+completions: install
+	$(PY) -m neuralbridge_cli.cli.completion completions
+
+man: install
+	$(PY) -m neuralbridge_cli.cli.manpage man/neuralbridge.1

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import formats
 from .atomic import atomic_output, check_output
+from .doctor import require_route
 from .backends import backend
 from .errors import ConversionError, InputSpecError, NeuralBridgeError, UsageError, first_line
 from .model import ModelHandle
@@ -200,6 +201,7 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
         check_output(options.save_onnx, options.force)
     handle = load_source(source, options)
     target = target_for(to, handle.framework)
+    require_route(handle.framework, target.name)  # a missing framework: say so before working
     if output == AUTO:
         output = str(check_output(default_output(handle.name, source, target), options.force))
     if output and isinstance(source, (str, Path)) and Path(output).exists() and \

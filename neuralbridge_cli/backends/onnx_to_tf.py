@@ -1159,7 +1159,9 @@ def run_tflite(path: str, inputs: list) -> list[np.ndarray]:
     errors = []
     for mode in ("default", "plain", "flex"):
         try:
-            return _run_tflite(_tflite_interpreter(path, mode), inputs)
+            # TFLite logs "Created TensorFlow Lite XNNPACK delegate" on fd 2: -v shows it
+            with contextlib.nullcontext() if lazy._verbose() else lazy.silenced_stderr():
+                return _run_tflite(_tflite_interpreter(path, mode), inputs)
         except (RuntimeError, ValueError) as exc:
             errors.append(exc)
             text = str(exc)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
-from . import commands
+from . import commands, doctor
 from .output import SETTINGS, apply_verbosity
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command("convert")(commands.convert)
 app.command("export-onnx")(commands.export_onnx)
 app.command("load")(commands.load)
 app.command("inspect")(commands.inspect)
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:

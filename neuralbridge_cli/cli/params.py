@@ -10,6 +10,7 @@ import typer
 from ..errors import UsageError
 from ..options import DEFAULT_ATOL, DEFAULT_RTOL, Options, load_config
 from ..specs import normalize_dtype, parse_dtypes, specs_from_flags
+from .completion import complete_dtypes, complete_formats
 
 
 class TargetName(str, Enum):
@@ -40,7 +41,8 @@ InputShapeOpt = Annotated[Optional[List[str]], typer.Option(
     "--input-shape", "-s", help="Input shape, e.g. 1,3,224,224 or name:1,3,224,224 (repeat per "
     "input; ? for a dynamic dim).", show_default=False)]
 DtypeOpt = Annotated[Optional[List[str]], typer.Option(
-    "--dtype", help="Input dtype, e.g. int64 or name:int64 (default float32).", show_default=False)]
+    "--dtype", help="Input dtype, e.g. int64 or name:int64 (default float32).", show_default=False,
+    autocompletion=complete_dtypes)]
 ModelClassOpt = Annotated[Optional[str], typer.Option(
     "--model-class", help="Import path of the model class/factory for a state dict.",
     show_default=False)]
@@ -49,7 +51,7 @@ ModelArgsOpt = Annotated[Optional[str], typer.Option(
     show_default=False)]
 FromOpt = Annotated[Optional[str], typer.Option(
     "--from", help="Source format, when detection by extension and content is not enough.",
-    show_default=False)]
+    show_default=False, autocompletion=complete_formats)]
 ConfigOpt = Annotated[Optional[str], typer.Option(
     "--config", "-c", help="TOML/YAML/JSON file with input shapes and other settings.",
     show_default=False)]

@@ -28,7 +28,8 @@ def heavy_modules(*args: str, cwd=None) -> list[str]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["convert", "--help"], ["export-onnx", "--help"],
-                                  ["load", "--help"], ["inspect", "--help"], ["--version"]])
+                                  ["load", "--help"], ["inspect", "--help"], ["--version"],
+                                  ["doctor"], ["doctor", "--help"]])
 def test_help_is_light(args):
     assert heavy_modules(*args) == []
 

@@ -1,0 +1,1 @@
+complete --command neuralbridge --no-files --arguments "(env _NEURALBRIDGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) neuralbridge)" --condition "env _NEURALBRIDGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) neuralbridge"
