@@ -108,7 +108,8 @@ def _description(help_text: str) -> tuple[list[str], list[str]]:
     """A docstring -> (roff paragraphs, example command lines)."""
     paragraphs, examples = [], []
     for block in re.split(r"\n\s*\n", (help_text or "").strip()):
-        lines = [ln.strip() for ln in block.splitlines() if ln.strip()]
+        # "\b" alone on a line is click's no-rewrap marker, not text
+        lines = [ln.strip() for ln in block.splitlines() if ln.strip() and ln.strip() != "\b"]
         if not lines:
             continue
         if lines[0].rstrip(":").lower() in ("example", "examples"):
