@@ -92,3 +92,75 @@ def _human_size(size: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return str(size)
+
+
+# ---------------------------------------------------------------- doctor
+STATUS_STYLE = {"ok": "[green]ok[/green]", "partial": "[yellow]partial[/yellow]",
+                "missing": "[red]missing[/red]"}
+CELL = {"ok": "[green]ok[/green]", "partial": "[yellow]ok*[/yellow]", "missing": "[red]no[/red]"}
+SEVERITY_STYLE = {"error": "[bold red]error[/bold red]", "warning": "[yellow]warning[/yellow]",
+                  "info": "[blue]info[/blue]"}
+
+
+def doctor_report(report, checked) -> None:
+    """`neuralbridge doctor`: packages, the route matrix, fixes and known issues."""
+    stdout.print(f"[bold]neuralbridge {report.neuralbridge}[/bold] on Python "
+                 f"{escape(report.python)}, {report.platform}")
+    stdout.print(_packages_table(report.packages))
+    stdout.print(_routes_table(report.routes))
+    gaps: dict[str, list] = {}
+    for route in report.routes:
+        if route.fix:
+            gaps.setdefault(route.fix, []).append(route)
+    for fix, routes in gaps.items():
+        unavailable = [r for r in routes if r.status == "missing"]
+        partial = [r for r in routes if r.status == "partial"]
+        parts = ([f"enables {_route_list(unavailable)}"] if unavailable else []) + \
+                ([f"adds fallbacks to {_route_list(partial)}"] if partial else [])
+        stdout.print(f"[yellow]fix:[/yellow] [bold]{escape(fix)}[/bold] {'; '.join(parts)}")
+    if report.issues:
+        stdout.print("[bold]Known issues[/bold]")
+    for issue in report.issues:
+        stdout.print(f"  {SEVERITY_STYLE[issue.severity]} {escape(issue.message)}"
+                     + (f"\n      fix: {escape(issue.fix)}" if issue.fix else ""))
+    for route in checked:
+        line = f"route {route.source}:{route.target}: {STATUS_STYLE[route.status]}"
+        if route.missing:
+            line += f" (missing {', '.join(route.missing)})"
+        if route.fix:
+            line += f"; fix: [bold]{escape(route.fix)}[/bold]"
+        stdout.print(line)
+
+
+def _packages_table(packages) -> Table:
+    table = Table(title="Packages", title_justify="left")
+    for column in ("package", "version", "provided by", "used for"):
+        table.add_column(column)
+    for pkg in packages:
+        version = pkg.version if pkg.present else "[red]not installed[/red]"
+        extra = (f"[{pkg.extra}] extra" if pkg.extra else pkg.comes_with
+                 or "core dependency")
+        table.add_row(pkg.name, version, escape(extra), pkg.role)
+    return table
+
+
+def _routes_table(routes) -> Table:
+    targets = list(dict.fromkeys(r.target for r in routes))
+    table = Table(title="Routes (source framework -> target)", title_justify="left")
+    table.add_column("from \\ to")
+    for target in targets:
+        table.add_column(target)
+    for source in dict.fromkeys(r.source for r in routes):
+        cells = {r.target: CELL[r.status] for r in routes if r.source == source}
+        table.add_row(source, *(cells[t] for t in targets))
+    if any(r.status == "partial" for r in routes):
+        table.caption = "ok* works with fewer fallback strategies"
+    return table
+
+
+def _route_list(routes) -> str:
+    """`torch -> onnx, tf; onnx -> tf`: routes grouped by source."""
+    by_source: dict[str, list[str]] = {}
+    for route in routes:
+        by_source.setdefault(route.source, []).append(route.target)
+    return "; ".join(f"{s} -> {', '.join(t)}" for s, t in by_source.items())
