@@ -7,14 +7,18 @@ from . import formats
 from .backends import backend
 from .options import Options
 from .pipeline import load_source
+from .specs import TensorSpec
+
+STATE_DICT_FORMATS = ("torch-state-dict", "safetensors")
+LISTED_TENSORS = 20  # a state dict's tensors listed by `inspect`; the rest are counted
 
 
 def inspect_model(source: str, options: Options | None = None) -> dict:
-    """Format, framework, inputs/outputs, parameter count, size; opset/producer/ops for ONNX."""
+    """Format, framework, inputs/outputs, parameter count, size; opset/producer/ops for ONNX.
+
+    A state dict without --model-class is described by its tensors (names, shapes, dtypes)."""
     options = options or Options()
     fmt = formats.detect(source, options.source_format)
-    handle = load_source(source, options)
-    module = backend(handle.framework)
     info = {
         "path": source,
         "format": fmt.name,
@@ -22,19 +26,91 @@ def inspect_model(source: str, options: Options | None = None) -> dict:
         "framework": fmt.framework,
         "size": _size(source),
     }
+    if fmt.name in STATE_DICT_FORMATS and not options.model_class:
+        info.update(_state_dict_info(source, fmt.name, options))
+        return info
+    handle = load_source(source, options)
+    module = backend(handle.framework)
     info.update(module.describe(handle))
     inputs = module.input_specs(handle) if handle.framework != "torch" else _torch_inputs(handle)
     info["inputs"] = [s.as_dict() for s in inputs or []]
     info["outputs"] = [s.as_dict() for s in handle.outputs or []]
-    info["notes"] = handle.notes
+    if fmt.name == "tflite":
+        info["parameters"] = _tflite_parameters(source)
+    info["notes"] = list(handle.notes)
+    if fmt.name == "torchscript":
+        info["notes"].append("TorchScript stores input names but no shapes ([?]: rank unknown); "
+                             "pass --input-shape to convert it")
     return info
 
 
 def _torch_inputs(handle):
+    if handle.format == "torchscript":
+        return _torchscript_inputs(handle.obj)
     try:
         return backend("torch").input_specs(handle)
     except Exception:  # inspect reports what it can; a model without a known first layer is fine
         return None
+
+
+def _torchscript_inputs(module) -> list[TensorSpec]:
+    """Names (and tensor ranks where typed) from the scripted forward's schema; TorchScript
+    keeps no example shapes, so every dim shows as dynamic."""
+    try:
+        arguments = module.forward.schema.arguments[1:]  # [0] is self
+    except Exception:  # a module without a scripted forward
+        return []
+    return [TensorSpec(arg.name, ()) if "Tensor" not in str(arg.type)
+            else TensorSpec(arg.name, (None,)) for arg in arguments]
+
+
+def _state_dict_info(source: str, fmt_name: str, options: Options) -> dict:
+    """Tensors of a state dict: count, parameters, dtypes, the first LISTED_TENSORS entries."""
+    from .backends import torch_backend
+
+    obj = (torch_backend.load_safetensors(source) if fmt_name == "safetensors"
+           else torch_backend.load_weights_only(source, options))
+    state = torch_backend.state_dict_tensors(obj)
+    if state is None:
+        from .errors import LoadError
+
+        raise LoadError(f"{source} holds neither a module nor a state dict of tensors")
+    dtypes: dict[str, int] = {}
+    for tensor in state.values():
+        name = str(tensor.dtype).replace("torch.", "")
+        dtypes[name] = dtypes.get(name, 0) + 1
+    return {
+        "class": "state dict (weights only; convert it with --model-class)",
+        "parameters": int(sum(t.numel() for t in state.values())),
+        "tensors": len(state),
+        "dtypes": dtypes,
+        "weights": [{"name": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+                    for k, t in list(state.items())[:LISTED_TENSORS]],
+        "inputs": [],
+        "outputs": [],
+        "notes": [f"{len(state) - LISTED_TENSORS} more tensors not listed"]
+        if len(state) > LISTED_TENSORS else [],
+    }
+
+
+def _tflite_parameters(path: str) -> int:
+    """Elements of the constant tensors (weights): tensors that ops read but no op writes and
+    that are not model inputs."""
+    import numpy as np
+
+    from .backends.onnx_to_tf import _tflite_interpreter
+
+    interpreter = _tflite_interpreter(path)
+    try:
+        ops = interpreter._get_ops_details()  # no public API lists op inputs and outputs
+    except AttributeError:
+        return 0
+    produced = {t for op in ops for t in op["outputs"]}
+    graph_inputs = {d["index"] for d in interpreter.get_input_details()}
+    consumed = {t for op in ops for t in op["inputs"] if t >= 0}
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    constants = consumed - produced - graph_inputs
+    return int(sum(np.prod(details[t]["shape"]) for t in constants if t in details))
 
 
 def _size(source: str) -> int | None:

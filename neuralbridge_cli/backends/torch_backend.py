@@ -40,9 +40,7 @@ def load(source: str, fmt, options) -> ModelHandle:
         handle.inputs = _exported_program_specs(program)
         return handle
     if name == "safetensors":
-        safetensors = lazy.require("safetensors.torch", "read .safetensors files")
-        state = _guard(lambda: safetensors.load_file(str(path)), source)
-        return _from_state_dict(state, source, options)
+        return _from_state_dict(load_safetensors(source), source, options)
     if name == "torch-pickle" and not options.trust_pickle:
         raise LoadError(f"{source}: loading a pickled module can run arbitrary code; refusing",
                         hint="if you trust its author, pass --trust-pickle")
@@ -52,6 +50,25 @@ def load(source: str, fmt, options) -> ModelHandle:
             return _module_handle(obj.eval(), name, source)
         return _from_state_dict(obj, source, options)
     return _from_state_dict(_load_weights_only(path), source, options)
+
+
+def load_safetensors(source: str) -> dict:
+    safetensors = lazy.require("safetensors.torch", "read .safetensors files")
+    return _guard(lambda: safetensors.load_file(str(source)), source)
+
+
+def load_weights_only(source: str, options) -> dict:
+    """The object in a .pt/.pth/.bin file, unpickled only with --trust-pickle."""
+    torch = lazy.torch()
+    if options.trust_pickle:
+        return _guard(lambda: torch.load(str(source), map_location="cpu", weights_only=False),
+                      source)
+    return _load_weights_only(Path(source))
+
+
+def state_dict_tensors(obj) -> dict | None:
+    """The name -> tensor mapping in a loaded checkpoint (also under `state_dict`/`model`)."""
+    return _unwrap_state_dict(obj)
 
 
 def _refuse_pickled_pt2(path: Path) -> None:

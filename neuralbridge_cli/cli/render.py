@@ -60,7 +60,7 @@ def conversion(result) -> None:
 def description(info: dict) -> None:
     stdout.print(f"[bold]{info['path']}[/bold]: {info['format_description']} "
                  f"({info['framework']})")
-    for key in ("class", "opset", "producer", "parameters", "size"):
+    for key in ("class", "opset", "producer", "parameters", "tensors", "size"):
         if info.get(key) not in (None, ""):
             value = info[key]
             if key == "parameters":
@@ -70,8 +70,16 @@ def description(info: dict) -> None:
             stdout.print(f"  {key:<11} {value}")
     from ..specs import TensorSpec
 
-    stdout.print(specs_table("Inputs", [TensorSpec(**_spec_args(s)) for s in info["inputs"]]))
-    stdout.print(specs_table("Outputs", [TensorSpec(**_spec_args(s)) for s in info["outputs"]]))
+    if "weights" in info:  # a state dict: its tensors instead of inputs/outputs
+        stdout.print(specs_table("Weights", [TensorSpec(**_spec_args(s))
+                                             for s in info["weights"]]))
+    else:
+        stdout.print(specs_table("Inputs", [TensorSpec(**_spec_args(s))
+                                            for s in info["inputs"]]))
+        stdout.print(specs_table("Outputs", [TensorSpec(**_spec_args(s))
+                                             for s in info["outputs"]]))
+    for note in info.get("notes") or []:
+        stdout.print(f"[dim]note: {escape(note)}[/dim]", highlight=False)
     if info.get("ops"):
         table = Table(title="Ops", title_justify="left")
         table.add_column("op")

@@ -110,6 +110,37 @@ def test_inspect_onnx_json(workdir):
     assert info["opset"] and info["producer"].startswith("pytorch")
 
 
+def test_inspect_state_dict_lists_its_weights(workdir):
+    import torch
+
+    model = models.small_cnn()
+    torch.save(model.state_dict(), "cnn.pt")
+    result = invoke("inspect", "cnn.pt", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    state = model.state_dict()
+    assert info["tensors"] == len(state)
+    assert info["parameters"] == sum(t.numel() for t in state.values())
+    assert info["weights"][0] == {"name": "0.weight", "shape": [8, 3, 3, 3], "dtype": "float32"}
+    assert "--model-class" in info["class"]
+
+
+def test_inspect_torchscript_and_tflite(workdir):
+    import torch
+
+    torch.jit.script(models.small_cnn()).save("cnn_ts.pt")
+    info = json.loads(invoke("inspect", "cnn_ts.pt", "--json").stdout)
+    assert [i["name"] for i in info["inputs"]] == ["input"]
+    assert any("no shapes" in n for n in info["notes"])
+    result = invoke("convert", "cnn_ts.pt", "--to", "tflite", "-o", "cnn.tflite",
+                    "--input-shape", "1,3,32,32", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(invoke("inspect", "cnn.tflite", "--json").stdout)
+    # batch norm folds into the convolutions: fewer weights than the torch model, not zero
+    torch_params = sum(p.numel() for p in models.small_cnn().parameters())
+    assert 0.9 * torch_params < info["parameters"] <= torch_params
+
+
 def test_keras_two_inputs_two_outputs_to_onnx(workdir):
     model = models.keras_two_io()
     model.save(workdir / "two.keras")
