@@ -314,6 +314,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep earlier results")
     parser.add_argument("--report", default=str(ROOT / "docs" / "ZOO.md"))
     parser.add_argument("--work", default=str(WORK), help="folder for models and results")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the recorded results; convert nothing")
     args = parser.parse_args()
     WORK = Path(args.work).resolve()
     models = registry()
@@ -323,7 +325,7 @@ def main() -> None:
         raise SystemExit(f"unknown models: {', '.join(unknown)} (known: {', '.join(models)})")
     WORK.mkdir(exist_ok=True)
     results_path = WORK / "results.jsonl"
-    if not args.resume and results_path.exists():
+    if not (args.resume or args.report_only) and results_path.exists():
         results_path.unlink()
     results = load_results(results_path)
 
@@ -334,6 +336,10 @@ def main() -> None:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
+    if args.report_only:
+        names = [n for n in names if any(k[0] == n for k in results)]
+        print(write_report(results, {n: models[n] for n in names}, Path(args.report)))
+        return
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for future in [pool.submit(run_model_routes, models[n], dict(results), args.timeout,
                                    log) for n in names]:
