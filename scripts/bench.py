@@ -300,10 +300,10 @@ def main() -> None:
         startup.append(("the same", "the same onnx2tf, `onnxsim` not on PATH",
                         pair(ours, raw, args.convert_runs, before=clean,
                              env_b=NOT_ACTIVATED), ""))
-        for name in args.models.split(","):
+        for name in [m for m in args.models.split(",") if m]:
             conversions[name] = conversion_rows(name, args.convert_runs)
     if not args.skip_latency:
-        for name in args.models.split(","):
+        for name in [m for m in args.models.split(",") if m]:
             latencies[name] = latency(name, args.latency_runs)
     text = render(args, startup, conversions, latencies)
     print(text)
