@@ -134,7 +134,11 @@ def _try_wrap(framework: str, obj):
 def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     """The model's own specs overlaid with the user's; an actionable error when unknown."""
     model_specs = backend(handle.framework).input_specs(handle)
-    specs = reconcile(model_specs, options.input_specs)
+    try:
+        specs = reconcile(model_specs, options.input_specs)
+    except InputSpecError as exc:  # say which model the shapes were meant for
+        exc.message = f"{handle.name}: {exc.message}"
+        raise
     if options.input_specs:  # the user's shapes replace what was inferred
         handle.notes = [n for n in handle.notes if not n.startswith("inferred input")]
     if not specs:
@@ -145,6 +149,11 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     if options.input_dtypes:
         specs = [replace(s, dtype=options.input_dtypes.get(s.name, options.input_dtypes.get(
             None, s.dtype))) for s in specs]
+    for spec in specs:
+        if spec.dtype == "string":
+            raise InputSpecError(f"{handle.name}: input {spec.name} is a string tensor",
+                                 hint="only models with numeric inputs can be converted; keep "
+                                      "the text handling outside the model")
     # a graph whose own batch dim is a number cannot be given another batch
     fixed = [handle.framework != "torch" and bool(m.shape) and isinstance(m.shape[0], int)
              for m in model_specs or []]
@@ -211,6 +220,7 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
                      f"({', '.join(s.name + str(list(a.shape)) for s, a in zip(specs, arrays))})")
     reference = run_model(handle, arrays)
     names = handle.output_names or _default_output_names(len(reference))
+    _check_representable(handle, target, names, reference)
     if not handle.outputs:
         handle.outputs = [TensorSpec(n, tuple(r.shape), str(r.dtype)) for n, r in
                           zip(names, reference)]
@@ -232,6 +242,17 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     if options.validate and result.report is not None:
         check(result.report, result.output)
     return result
+
+
+def _check_representable(handle: ModelHandle, target: Target, names, reference) -> None:
+    """String (or object) outputs do not survive the route through ONNX converters."""
+    for name, value in zip(names, reference):
+        kind = getattr(getattr(value, "dtype", None), "kind", "O")
+        if kind in "OSU" and target.framework != handle.framework:
+            raise ConversionError(
+                f"{handle.name}: output {name} is a string tensor, which the {target.name} "
+                "route cannot represent",
+                hint="keep string post-processing outside the model and output numbers")
 
 
 def _default_output_names(count: int) -> list[str]:

@@ -7,7 +7,7 @@ import typer
 
 from .. import __version__
 from . import commands
-from .output import SETTINGS, apply_verbosity
+from .output import SETTINGS, OneLineErrorsGroup, apply_verbosity
 
 app = typer.Typer(
     name="neuralbridge",
@@ -16,6 +16,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=OneLineErrorsGroup,
 )
 
 

@@ -69,12 +69,10 @@ def convert(
             result = run_convert(source, to.value if to else None, output or AUTO, options)
         except Exception as exc:
             report = getattr(exc, "report", None)
-            if report is not None and not json_output:
+            if report is not None and not json_output:  # --json: the error object carries it
                 from .render import validation_table
 
                 stdout.print(validation_table(report))
-            elif report is not None:
-                print_json({"ok": False, "error": str(exc), "validation": report.as_dict()})
             raise
     if json_output:
         print_json({"ok": True, **result.as_dict()})
