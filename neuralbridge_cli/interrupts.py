@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-GRACE_SECONDS = 3.0
+GRACE_SECONDS = 2.0
 EXIT_CODE = 130
 
 _tracked: set[Path] = set()
-_state: dict = {"interrupted": False, "timer": None}
+_state: dict = {"interrupted": False, "timer": None, "armed": False}
+_lock = threading.Lock()
 
 
 def track(path: Path) -> None:
@@ -57,26 +59,57 @@ def _hard_exit() -> None:
 def _on_sigint(signum, frame) -> None:
     if _state["interrupted"]:
         _hard_exit()
-    _state["interrupted"] = True
-    timer = threading.Timer(GRACE_SECONDS, _hard_exit)
-    timer.daemon = True
-    timer.start()
-    _state["timer"] = timer
+    _start_watchdog()
     raise KeyboardInterrupt
+
+
+def _start_watchdog() -> None:
+    with _lock:
+        _state["interrupted"] = True
+        if _state["timer"] is None:
+            timer = threading.Timer(GRACE_SECONDS, _hard_exit)
+            timer.daemon = True
+            timer.start()
+            _state["timer"] = timer
+
+
+def _listen(reader: socket.socket) -> None:
+    """Python runs signal handlers only between bytecodes, which can be minutes away while
+    a framework sits in native code; the C-level handler writes to the wakeup fd at once,
+    and this thread starts the watchdog from there."""
+    while True:
+        try:
+            data = reader.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGINT in data and _state["armed"]:
+            _start_watchdog()
 
 
 @contextmanager
 def handled():
-    """Install the Ctrl-C handler for the duration of one command (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Install the Ctrl-C handling for the duration of one command (main thread only)."""
+    if threading.current_thread() is not threading.main_thread() or _state["armed"]:
         yield
         return
     _state["interrupted"] = False
     previous = signal.signal(signal.SIGINT, _on_sigint)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    _state["armed"] = True
+    threading.Thread(target=_listen, args=(reader,), daemon=True).start()
     try:
         yield
     finally:
+        _state["armed"] = False
+        signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous)
-        if _state["timer"] is not None:  # the command ended in time: no hard exit
-            _state["timer"].cancel()
-            _state["timer"] = None
+        writer.close()
+        reader.close()
+        with _lock:
+            if _state["timer"] is not None:  # the command ended in time: no hard exit
+                _state["timer"].cancel()
+                _state["timer"] = None

@@ -141,12 +141,6 @@ def reconcile(model_specs: Sequence[TensorSpec] | None,
     if not model_specs:
         return list(user_specs)
     by_name = {s.name: s for s in model_specs}
-    unknown = [u.name for u in user_specs
-               if u.name not in by_name and not re.fullmatch(r"input_\d+", u.name)]
-    if unknown:  # a named --input-shape for an input the model does not have
-        raise InputSpecError(f"the model has no input named {unknown[0]!r} (its inputs: "
-                             f"{', '.join(s.name for s in model_specs)})",
-                             hint=f"name it like {model_specs[0].name}:1,... or leave the name out")
     if all(u.name in by_name for u in user_specs):
         merged = {s.name: s for s in model_specs}
         for u in user_specs:
@@ -160,6 +154,12 @@ def reconcile(model_specs: Sequence[TensorSpec] | None,
             f"({', '.join(s.name for s in model_specs)}) but {len(user_specs)} shape(s) were given",
             hint="pass one --input-shape per input, named like " + f"{model_specs[0].name}:1,...",
         )
+    unknown = [u.name for u in user_specs
+               if u.name not in by_name and not re.fullmatch(r"input_\d+", u.name)]
+    if unknown:  # a named --input-shape for an input the model does not have
+        raise InputSpecError(f"the model has no input named {unknown[0]!r} (its inputs: "
+                             f"{', '.join(s.name for s in model_specs)})",
+                             hint=f"name it like {model_specs[0].name}:1,... or leave the name out")
     out = []
     for base, u in zip(model_specs, user_specs):
         _check_rank(base, u)

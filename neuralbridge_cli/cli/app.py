@@ -1,11 +1,14 @@
 """The `neuralbridge` Typer app: global options and command registration."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from .. import __version__
+from ..errors import ExitCode
 from . import commands
 from .output import SETTINGS, OneLineErrorsGroup, apply_verbosity
 
@@ -52,4 +55,11 @@ app.command("inspect")(commands.inspect)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == ExitCode.INTERRUPTED:  # Ctrl-C: skip the framework's slow shutdown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(ExitCode.INTERRUPTED)
+        raise
