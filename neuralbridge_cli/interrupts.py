@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -73,19 +72,19 @@ def _start_watchdog() -> None:
             _state["timer"] = timer
 
 
-def _listen(reader: socket.socket) -> None:
+def _listen(reader: int) -> None:
     """Python runs signal handlers only between bytecodes, which can be minutes away while
     a framework sits in native code; the C-level handler writes to the wakeup fd at once,
     and this thread starts the watchdog from there."""
-    while True:
-        try:
-            data = reader.recv(64)
-        except OSError:
-            return
-        if not data:
-            return
-        if signal.SIGINT in data and _state["armed"]:
-            _start_watchdog()
+    try:
+        while _state["armed"]:
+            data = os.read(reader, 64)
+            if not data:
+                return
+            if signal.SIGINT in data and _state["armed"]:
+                _start_watchdog()
+    finally:
+        os.close(reader)
 
 
 @contextmanager
@@ -96,9 +95,9 @@ def handled():
         return
     _state["interrupted"] = False
     previous = signal.signal(signal.SIGINT, _on_sigint)
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    reader, writer = os.pipe()  # a pipe, not a socket: tests block socket creation
+    os.set_blocking(writer, False)
+    previous_fd = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
     _state["armed"] = True
     threading.Thread(target=_listen, args=(reader,), daemon=True).start()
     try:
@@ -107,8 +106,11 @@ def handled():
         _state["armed"] = False
         signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous)
-        writer.close()
-        reader.close()
+        try:
+            os.write(writer, b"\0")  # wake the listener so it ends and closes its end
+        except OSError:
+            pass
+        os.close(writer)
         with _lock:
             if _state["timer"] is not None:  # the command ended in time: no hard exit
                 _state["timer"].cancel()
