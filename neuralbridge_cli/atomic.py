@@ -50,6 +50,29 @@ def _probe_writable(folder: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
+def ensure_space(path: str | Path, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold the artifact: some writers (torch's
+    .pt2 archive writer) abort the whole process on a full disk instead of raising."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    wanted = int(needed * 1.2) + 2**20  # archive overhead, metadata
+    if needed and free < wanted:
+        raise ConversionError(f"not enough disk space to write {path}: about "
+                              f"{_human(wanted)} needed, {_human(free)} free",
+                              hint="free some disk space or choose another -o")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 def final_name(tmp: str | Path) -> str:
     """The name a temporary path will be renamed to (`.nbtmp-1a2b3c4d-m.onnx` -> `m.onnx`)."""
     return _TMP_RE.sub("", Path(tmp).name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .atomic import atomic_output, check_output
+from .atomic import atomic_output, check_output, ensure_space
 from .backends import backend
 from .errors import ConversionError, InputSpecError, NeuralBridgeError, UsageError, first_line
 from .model import ModelHandle
@@ -228,12 +228,16 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     result = ConversionResult(handle, handle, target.name, notes=list(handle.notes))
     converted, proto = _route(handle, target, specs, arrays, reference, names, options, result)
     result.target = converted
-    if output:
-        _save(converted, target, output, options, result)
+    save_onnx = None
     if options.save_onnx and proto is not None:
-        with atomic_output(options.save_onnx, options.force) as tmp:
-            backend("onnx").save(backend("onnx").wrap(proto), str(tmp))
-        result.onnx_path = str(options.save_onnx)
+        def save_onnx():
+            with atomic_output(options.save_onnx, options.force) as tmp:
+                backend("onnx").save(backend("onnx").wrap(proto), str(tmp))
+            result.onnx_path = str(options.save_onnx)
+    if output:
+        _save(converted, target, output, options, result, also=save_onnx)
+    elif save_onnx is not None:
+        save_onnx()
     if options.validate and output:
         options.progress(f"validating the saved {target.name} model")
         saved = _reload(result.output, target, converted, options)
@@ -313,10 +317,29 @@ def _onnx_candidates(handle, specs, options, result):
     yield from backend(handle.framework).to_onnx(handle, specs, options)
 
 
-def _save(converted: ModelHandle, target: Target, output: str, options, result) -> None:
+def _weight_bytes(handle: ModelHandle) -> int:
+    """About how many bytes the saved model will take (its weights); 0 when unknown."""
+    obj = handle.obj
+    try:
+        if handle.framework == "onnx":
+            return obj.ByteSize()
+        if handle.framework == "torch":
+            tensors = list(obj.parameters()) + list(obj.buffers())
+            return sum(t.numel() * t.element_size() for t in tensors)
+        variables = getattr(obj, "variables", None) or getattr(obj, "weights", None) or []
+        return sum(int(v.shape.num_elements() or 0) * v.dtype.size for v in variables)
+    except Exception:  # an estimate only: never a reason to fail
+        return 0
+
+
+def _save(converted: ModelHandle, target: Target, output: str, options, result,
+          also=None) -> None:
     options.progress(f"saving {target.description} to {output}")
+    ensure_space(output, _weight_bytes(converted))
     with atomic_output(output, options.force) as tmp:
         saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+        if also is not None:  # --save-onnx: written before the main output is moved in
+            also()
     result.notes.extend(getattr(saved_format, "notes", None) or [])
     if getattr(saved_format, "fixed_batch", False):
         result.notes.append("the saved program runs only at the example batch size (2)")

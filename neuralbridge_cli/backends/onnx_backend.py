@@ -78,9 +78,13 @@ def session(proto, path: str | None = None):
         model = proto.SerializeToString()
     elif path and Path(path).is_file():
         model = str(path)  # external data is read next to the file
-    else:
-        raise LoadError("the ONNX model is over 2 GB and has no file to run it from",
-                        hint="save it with external data first (-o model.onnx)")
+    else:  # over the protobuf limit and only in memory: run it from a temporary copy
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nb-large-") as folder:
+            model = str(Path(folder) / "model.onnx")
+            save_external(proto, model)
+            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 

@@ -5,8 +5,9 @@ import importlib
 import inspect
 import io
 import json
+import logging
 import sys
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from .. import lazy
@@ -76,25 +77,39 @@ REEXPORT = "re-export it; the file may be truncated or corrupt"
 
 
 def _guard(fn, source):
+    logged: list = []
     try:
-        with _quiet_torch_logs():
+        with _quiet_torch_logs(logged):
             return fn()
     except Exception as exc:
-        raise LoadError(f"cannot load {source}: {first_line(exc)}", hint=REEXPORT) from exc
+        detail = first_line(exc)
+        if "warnings above" in detail:  # torch logged the real error (kept quiet): use it
+            causes = [r.exc_info[1] for r in logged if r.exc_info and r.exc_info[1]]
+            detail = first_line(causes[-1]) if causes else detail
+        raise LoadError(f"cannot load {source}: {detail}", hint=REEXPORT) from exc
 
 
-def _quiet_torch_logs():
-    """torch.export.load logs a full traceback (as a warning) before raising: keep it quiet."""
-    import logging
-    from contextlib import ExitStack
+class _Collect(logging.Handler):
+    def __init__(self, records: list):
+        super().__init__(logging.DEBUG)
+        self.records = records
 
-    stack = ExitStack()
-    for name in ("torch.export", "torch._export", "torch.export.pt2_archive"):
-        logger = logging.getLogger(name)
-        level = logger.level
-        logger.setLevel(logging.CRITICAL)
-        stack.callback(logger.setLevel, level)
-    return stack
+    def emit(self, record) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _quiet_torch_logs(records: list):
+    """torch.export.load logs a full traceback (as a warning) before raising: collect the
+    records instead of printing them."""
+    logger = logging.getLogger("torch.export")
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers = [_Collect(records)]  # torch attaches its own printing handler here
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def _load_weights_only(path: Path):
