@@ -172,6 +172,7 @@ def inspect(
     model_class: ModelClassOpt = None,
     model_args: ModelArgsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -182,7 +183,8 @@ def inspect(
     from ..inspection import inspect_model
 
     options = build_options(model_class=model_class, model_args=model_args,
-                            source_format=source_format, trust_pickle=trust_pickle)
+                            source_format=source_format, trust_pickle=trust_pickle,
+                            unsafe_keras=unsafe_keras)
     info = inspect_model(source, options)
     if json_output:
         print_json(info)
