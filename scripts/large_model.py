@@ -24,12 +24,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(path: Path, gigabytes: float) -> Path:
     """Write the model with its weights in `<path>.data`; never hold a >2 GB proto."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     n = int((gigabytes * 2**30 / 8) ** 0.5) // 64 * 64  # two n x n float32 matrices
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal((n, n), dtype=np.float32)
-                                        / np.sqrt(n)), f"W{i}") for i in (1, 2)]
+    data = path.with_name(path.name + ".data")
+    weights, offset = [], 0
+    with open(data, "wb") as handle:  # written row block by row block: low memory
+        for name in ("W1", "W2"):
+            for start in range(0, n, 1024):
+                rows = min(1024, n - start)
+                block = rng.standard_normal((rows, n), dtype=np.float32) / np.float32(np.sqrt(n))
+                handle.write(block.tobytes())
+            tensor = TensorProto(name=name, dims=[n, n], data_type=TensorProto.FLOAT,
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", str(offset)),
+                               ("length", str(n * n * 4))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            weights.append(tensor)
+            offset += n * n * 4
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
          helper.make_node("MatMul", ["r", "W2"], ["y"])], "large",
@@ -37,8 +51,7 @@ def build(path: Path, gigabytes: float) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data")
+    onnx.save_model(model, str(path))
     return path
 
 
