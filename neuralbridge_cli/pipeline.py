@@ -322,7 +322,9 @@ def _weight_bytes(handle: ModelHandle) -> int:
     obj = handle.obj
     try:
         if handle.framework == "onnx":
-            return obj.ByteSize()
+            from .backends.onnx_backend import byte_size
+
+            return byte_size(obj)
         if handle.framework == "torch":
             tensors = list(obj.parameters()) + list(obj.buffers())
             return sum(t.numel() * t.element_size() for t in tensors)

@@ -69,12 +69,28 @@ def input_specs(handle: ModelHandle) -> list[TensorSpec]:
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger
 
 
+def byte_size(proto) -> int:
+    """Serialized size; protobuf raises instead of counting past 2 GB, so then estimate it
+    from the initializer shapes (always over the limit)."""
+    try:
+        return proto.ByteSize()
+    except Exception:
+        import numpy as np
+
+        total = 0
+        for tensor in proto.graph.initializer:
+            name = ONNX_DTYPES.get(tensor.data_type, "float32")
+            itemsize = 2 if name == "bfloat16" else 8 if name == "string" else np.dtype(name).itemsize
+            total += int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
+        return max(total, PROTOBUF_LIMIT + 1)
+
+
 def session(proto, path: str | None = None):
     """An onnxruntime CPU session for `proto` (from `path` when the proto is over 2 GB)."""
     ort = lazy.require("onnxruntime", "run ONNX models")
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if proto.ByteSize() < PROTOBUF_LIMIT:
+    opts.log_severity_level = 4  # fatal only: a failing run raises, with the same message
+    if byte_size(proto) < PROTOBUF_LIMIT:
         model = proto.SerializeToString()
     elif path and Path(path).is_file():
         model = str(path)  # external data is read next to the file
@@ -134,7 +150,7 @@ def from_onnx(proto, specs=None, options=None, target: str = "onnx") -> ModelHan
 def save(handle: ModelHandle, path: str, target: str = "onnx", options=None) -> str:
     onnx = lazy.onnx()
     proto = handle.obj
-    if proto.ByteSize() > PROTOBUF_LIMIT - 2**20:  # protobuf limit: weights go to a side file
+    if byte_size(proto) > PROTOBUF_LIMIT - 2**20:  # protobuf limit: weights go to a side file
         save_external(proto, path)
     else:
         onnx.save_model(proto, path)
@@ -208,7 +224,7 @@ def check(proto, path: str | None = None) -> None:
     """Run onnx.checker (from the file when the model is over 2 GB); LoadError on failure."""
     onnx = lazy.onnx()
     try:
-        if proto.ByteSize() < PROTOBUF_LIMIT:
+        if byte_size(proto) < PROTOBUF_LIMIT:
             onnx.checker.check_model(proto)
         elif path:
             onnx.checker.check_model(path)
