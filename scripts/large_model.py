@@ -55,6 +55,12 @@ def build(path: Path, gigabytes: float) -> Path:
     return path
 
 
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--to", default="onnx")
@@ -65,7 +71,9 @@ def main() -> int:
     source = build(folder / "large.onnx", args.gb)
     weights = sum(p.stat().st_size for p in folder.iterdir())
     print(f"model: {source} ({weights / 2**30:.2f} GiB with external data)")
-    out = folder / ("out.onnx" if args.to == "onnx" else f"out.{args.to}")
+    suffix = {"onnx": ".onnx", "tf": ".savedmodel", "torch": ".pt2", "keras": ".keras",
+              "tflite": ".tflite"}.get(args.to, f".{args.to}")
+    out = folder / f"out{suffix}"
     started = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-m", "neuralbridge_cli", "convert", str(source),
@@ -75,7 +83,7 @@ def main() -> int:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(proc.stdout[-2000:])
     print(proc.stderr[-2000:])
-    written = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.name.startswith("out"))
+    written = sorted((p.name, _size(p)) for p in folder.iterdir() if p.name.startswith("out"))
     print(f"exit {proc.returncode} in {seconds:.0f} s, peak RSS {peak:.1f} GiB, wrote {written}")
     if not args.keep:
         import shutil
