@@ -30,7 +30,9 @@ def run(args):
     return result.exit_code, errors[0]
 
 
-@pytest.mark.parametrize("suffix,target", [(".onnx", "onnx"), (".pt2", "torch")])
+@pytest.mark.parametrize("suffix,target", [
+    pytest.param(".onnx", "onnx", marks=pytest.mark.slow),  # covered in CI by --save-onnx below
+    (".pt2", "torch")])
 def test_disk_full(workdir, tiny_disk, suffix, target):
     code, line = run([*LINEAR, "--to", target, "-o", tiny_disk / f"model{suffix}"])
     assert code == 1
