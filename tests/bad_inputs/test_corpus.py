@@ -71,3 +71,27 @@ def test_debug_shows_the_traceback(workdir):
     args = ["--debug", "convert"] + [str(a) for a in case.make(workdir)]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 1 and "Traceback" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_as_a_process(case, workdir):
+    """The same corpus through `python -m neuralbridge_cli`: also catches what libraries print
+    straight to the process's stderr (logging handlers, C++ logs), which CliRunner misses."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [str(a) for a in case.make(workdir)]
+    if args[0] not in COMMANDS:
+        args = ["convert", *args]
+    before = snapshot(workdir)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-m", "neuralbridge_cli", *args], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == case.code, done.stderr
+    assert len(error_lines(done.stderr)) == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert snapshot(workdir) == before
