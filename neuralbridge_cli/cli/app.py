@@ -44,7 +44,8 @@ def root(
     130 interrupted.
     """
     SETTINGS.verbose, SETTINGS.quiet = verbose, quiet
-    SETTINGS.debug = SETTINGS.debug or debug
+    # reset per invocation: in-process runs (tests, CliRunner) must not inherit --debug
+    SETTINGS.debug = os.environ.get("NEURALBRIDGE_DEBUG") == "1" or debug
     apply_verbosity()
 
 
