@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+FUZZ_CASES ?= 10000
 
-.PHONY: install demo test test-full bench acceptance zoo clean completions man
+.PHONY: install demo test test-full bench acceptance zoo fuzz clean completions man
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ test: install
 
 test-full: install
 	$(PY) -m pytest -q tests
+
+fuzz: install
+	$(PY) scripts/fuzz.py $(FUZZ_CASES)
 
 bench: install
 	$(PY) scripts/bench.py

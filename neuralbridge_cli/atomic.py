@@ -1,30 +1,81 @@
 """Write outputs so that a failure never leaves half a model where a finished one is expected.
 
 The artifact is written to a temporary sibling (same folder, so the final rename
-is atomic on one filesystem) and moved into place only when complete.
+is atomic on one filesystem) and moved into place only when complete. Side files written
+next to it (`<tmp name>.data`, ONNX external weights) move along to `<name>.data`.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError, UsageError
+from . import interrupts
+from .errors import ConversionError, OutputExistsError, UsageError
+
+TMP_PREFIX = ".nbtmp-"
+_TMP_RE = re.compile(r"^\.nbtmp-[0-9a-f]{8}-")
 
 
 def check_output(path: str | Path, force: bool) -> Path:
     """Fail early (before any work) if `path` exists without --force or cannot be written."""
     path = Path(path)
+    if path.is_dir() and not ((path / "saved_model.pb").exists() or path.suffix == ".savedmodel"):
+        # never replace a user's folder (".", a project folder) with a model
+        raise UsageError(f"the output {path} is a folder, not a model path",
+                         hint="give a file name, e.g. -o folder/model.onnx")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", hint="pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"the output folder {parent} does not exist", hint="create it first")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"the output folder {parent} is not writable")
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise UsageError(f"the output folder {parent} {what}", hint="create it first"
+                         if not parent.exists() else "choose another -o")
+    _probe_writable(parent)
     return path
+
+
+def _probe_writable(folder: Path) -> None:
+    """os.access says yes to root on read-only mounts: create and remove a real file."""
+    probe = folder / f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-probe"
+    try:
+        probe.touch()
+    except OSError as exc:
+        raise UsageError(f"the output folder {folder} is not writable ({exc.strerror})",
+                         hint="choose another -o") from exc
+    probe.unlink(missing_ok=True)
+
+
+def ensure_space(path: str | Path, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold the artifact: some writers (torch's
+    .pt2 archive writer) abort the whole process on a full disk instead of raising."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    wanted = int(needed * 1.2) + 2**20  # archive overhead, metadata
+    if needed and free < wanted:
+        raise ConversionError(f"not enough disk space to write {path}: about "
+                              f"{_human(wanted)} needed, {_human(free)} free",
+                              hint="free some disk space or choose another -o")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def final_name(tmp: str | Path) -> str:
+    """The name a temporary path will be renamed to (`.nbtmp-1a2b3c4d-m.onnx` -> `m.onnx`)."""
+    return _TMP_RE.sub("", Path(tmp).name)
 
 
 def remove(path: Path) -> None:
@@ -40,19 +91,33 @@ def atomic_output(path: str | Path, force: bool = False):
     path = Path(path)
     check_output(path, force)
     # same folder (atomic rename) and same suffix (savers check it: .keras, .pt2, .h5)
-    tmp = path.with_name(f".nbtmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    interrupts.track(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ConversionError(f"no space left to write {path} ({exc.strerror})",
+                                      hint="free some disk space or choose another -o") from exc
+            raise
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
         if path.exists() and not force:  # appeared while we were writing
             raise OutputExistsError(f"{path} appeared during the conversion; not replacing it",
                                     hint="pass --force to overwrite it")
+        for side in _side_files(tmp):  # external data first: the model never points at nothing
+            os.replace(side, path.with_name(path.name + side.name[len(tmp.name):]))
         _replace(tmp, path)
     finally:
         remove(tmp)
-        for side in path.parent.glob(f"{tmp.name}*"):  # side files, e.g. external data
+        for side in _side_files(tmp):
             remove(side)
+        interrupts.untrack(tmp)
+
+
+def _side_files(tmp: Path) -> list[Path]:
+    return [p for p in tmp.parent.glob(f"{tmp.name}*") if p != tmp]
 
 
 def _replace(tmp: Path, path: Path) -> None:

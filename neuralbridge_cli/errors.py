@@ -79,4 +79,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's text, for one-line messages."""
     text = str(exc).strip() or type(exc).__name__
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else text)[:limit]
+    line = lines[0] if lines else text
+    # torch's request for feedback is not about the user's model
+    line = line.split("(Could this error message be improved?")[0].rstrip()
+    return line[:limit]

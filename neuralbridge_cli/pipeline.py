@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .atomic import atomic_output, check_output
+from .atomic import atomic_output, check_output, ensure_space
 from .doctor import require_route
 from .backends import backend
 from .errors import ConversionError, InputSpecError, NeuralBridgeError, UsageError, first_line
@@ -135,7 +135,11 @@ def _try_wrap(framework: str, obj):
 def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     """The model's own specs overlaid with the user's; an actionable error when unknown."""
     model_specs = backend(handle.framework).input_specs(handle)
-    specs = reconcile(model_specs, options.input_specs)
+    try:
+        specs = reconcile(model_specs, options.input_specs)
+    except InputSpecError as exc:  # say which model the shapes were meant for
+        exc.message = f"{handle.name}: {exc.message}"
+        raise
     if options.input_specs:  # the user's shapes replace what was inferred
         handle.notes = [n for n in handle.notes if not n.startswith("inferred input")]
     if not specs:
@@ -146,6 +150,11 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
     if options.input_dtypes:
         specs = [replace(s, dtype=options.input_dtypes.get(s.name, options.input_dtypes.get(
             None, s.dtype))) for s in specs]
+    for spec in specs:
+        if spec.dtype == "string":
+            raise InputSpecError(f"{handle.name}: input {spec.name} is a string tensor",
+                                 hint="only models with numeric inputs can be converted; keep "
+                                      "the text handling outside the model")
     # a graph whose own batch dim is a number cannot be given another batch
     fixed = [handle.framework != "torch" and bool(m.shape) and isinstance(m.shape[0], int)
              for m in model_specs or []]
@@ -213,6 +222,7 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
                      f"({', '.join(s.name + str(list(a.shape)) for s, a in zip(specs, arrays))})")
     reference = run_model(handle, arrays)
     names = handle.output_names or _default_output_names(len(reference))
+    _check_representable(handle, target, names, reference)
     if not handle.outputs:
         handle.outputs = [TensorSpec(n, tuple(r.shape), str(r.dtype)) for n, r in
                           zip(names, reference)]
@@ -220,12 +230,12 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     result = ConversionResult(handle, handle, target.name, notes=list(handle.notes))
     converted, proto = _route(handle, target, specs, arrays, reference, names, options, result)
     result.target = converted
+    save_onnx = _onnx_writer(proto, options, result) \
+        if options.save_onnx and proto is not None else None
     if output:
-        _save(converted, target, output, options, result)
-    if options.save_onnx and proto is not None:
-        with atomic_output(options.save_onnx, options.force) as tmp:
-            backend("onnx").save(backend("onnx").wrap(proto), str(tmp))
-        result.onnx_path = str(options.save_onnx)
+        _save(converted, target, output, options, result, also=save_onnx)
+    elif save_onnx is not None:
+        save_onnx()
     if options.validate and output:
         options.progress(f"validating the saved {target.name} model")
         saved = _reload(result.output, target, converted, options)
@@ -234,6 +244,26 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     if options.validate and result.report is not None:
         check(result.report, result.output)
     return result
+
+
+def _onnx_writer(proto, options: Options, result: ConversionResult):
+    """--save-onnx as a step to run inside the main output's write (both or neither)."""
+    def save_onnx():
+        with atomic_output(options.save_onnx, options.force) as tmp:
+            backend("onnx").save(backend("onnx").wrap(proto), str(tmp))
+        result.onnx_path = str(options.save_onnx)
+    return save_onnx
+
+
+def _check_representable(handle: ModelHandle, target: Target, names, reference) -> None:
+    """String (or object) outputs do not survive the route through ONNX converters."""
+    for name, value in zip(names, reference):
+        kind = getattr(getattr(value, "dtype", None), "kind", "O")
+        if kind in "OSU" and target.framework != handle.framework:
+            raise ConversionError(
+                f"{handle.name}: output {name} is a string tensor, which the {target.name} "
+                "route cannot represent",
+                hint="keep string post-processing outside the model and output numbers")
 
 
 def _default_output_names(count: int) -> list[str]:
@@ -295,10 +325,31 @@ def _onnx_candidates(handle, specs, options, result):
     yield from backend(handle.framework).to_onnx(handle, specs, options)
 
 
-def _save(converted: ModelHandle, target: Target, output: str, options, result) -> None:
+def _weight_bytes(handle: ModelHandle) -> int:
+    """About how many bytes the saved model will take (its weights); 0 when unknown."""
+    obj = handle.obj
+    try:
+        if handle.framework == "onnx":
+            from .backends.onnx_backend import byte_size
+
+            return byte_size(obj)
+        if handle.framework == "torch":
+            tensors = list(obj.parameters()) + list(obj.buffers())
+            return sum(t.numel() * t.element_size() for t in tensors)
+        variables = getattr(obj, "variables", None) or getattr(obj, "weights", None) or []
+        return sum(int(v.shape.num_elements() or 0) * v.dtype.size for v in variables)
+    except Exception:  # an estimate only: never a reason to fail
+        return 0
+
+
+def _save(converted: ModelHandle, target: Target, output: str, options, result,
+          also=None) -> None:
     options.progress(f"saving {target.description} to {output}")
+    ensure_space(output, _weight_bytes(converted))
     with atomic_output(output, options.force) as tmp:
         saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+        if also is not None:  # --save-onnx: written before the main output is moved in
+            also()
     result.notes.extend(getattr(saved_format, "notes", None) or [])
     if getattr(saved_format, "fixed_batch", False):
         result.notes.append("the saved program runs only at the example batch size (2)")

@@ -154,6 +154,12 @@ def reconcile(model_specs: Sequence[TensorSpec] | None,
             f"({', '.join(s.name for s in model_specs)}) but {len(user_specs)} shape(s) were given",
             hint="pass one --input-shape per input, named like " + f"{model_specs[0].name}:1,...",
         )
+    unknown = [u.name for u in user_specs
+               if u.name not in by_name and not re.fullmatch(r"input_\d+", u.name)]
+    if unknown:  # a named --input-shape for an input the model does not have
+        raise InputSpecError(f"the model has no input named {unknown[0]!r} (its inputs: "
+                             f"{', '.join(s.name for s in model_specs)})",
+                             hint=f"name it like {model_specs[0].name}:1,... or leave the name out")
     out = []
     for base, u in zip(model_specs, user_specs):
         _check_rank(base, u)
@@ -181,6 +187,10 @@ def dummy_inputs(specs: Iterable[TensorSpec], batch: int = DEFAULT_BATCH, seed: 
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
+        if spec.dtype in ("string", "object", "str"):
+            raise InputSpecError(f"input {spec.name} is a string tensor",
+                                 hint="only models with numeric inputs can be converted; keep "
+                                      "the text handling outside the model")
         shape = spec.concrete_shape(batch)
         size = int(np.prod(shape, dtype=np.float64))
         if size > MAX_DUMMY_ELEMENTS:

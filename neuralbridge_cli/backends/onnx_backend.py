@@ -1,11 +1,12 @@
 """ONNX backend: load, describe and run ONNX models. Imports neither torch nor TensorFlow."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
 from .. import lazy
-from ..errors import first_line, LoadError, SourceNotFoundError
+from ..errors import ConversionError, InputSpecError, LoadError, SourceNotFoundError, first_line
 from ..model import ModelHandle
 from ..specs import TensorSpec
 
@@ -23,10 +24,14 @@ def load(source: str, fmt=None, options=None) -> ModelHandle:
     try:
         proto = onnx.load(str(path), load_external_data=True)
     except Exception as exc:
-        raise LoadError(f"{source} is not a readable ONNX model: {first_line(exc)}",
-                        hint="re-export it; a truncated or corrupt file cannot be read") from exc
+        text = first_line(exc)
+        hint = "re-export it; a truncated or corrupt file cannot be read"
+        if "should be stored in" in text or "external" in text.lower():
+            hint = "keep its external data file (weights) next to it, as it was exported"
+        raise LoadError(f"{source} is not a readable ONNX model: {text}", hint=hint) from exc
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{source} holds no ONNX graph", hint="re-export the model")
+    check(proto, str(path))
     return wrap(proto, name=path.stem, source=str(path), fmt="onnx")
 
 
@@ -61,36 +66,97 @@ def input_specs(handle: ModelHandle) -> list[TensorSpec]:
     return graph_inputs(handle.obj)
 
 
+PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger
+
+
+def byte_size(proto) -> int:
+    """Serialized size; protobuf raises instead of counting past 2 GB, so then estimate it
+    from the initializer shapes (always over the limit)."""
+    try:
+        return proto.ByteSize()
+    except Exception:
+        import numpy as np
+
+        total = 0
+        for tensor in proto.graph.initializer:
+            name = ONNX_DTYPES.get(tensor.data_type, "float32")
+            itemsize = 2 if name == "bfloat16" else 8 if name == "string" else np.dtype(name).itemsize
+            total += int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
+        return max(total, PROTOBUF_LIMIT + 1)
+
+
 # id(proto) -> (proto, session): protobuf messages take no attributes, so the cache lives
 # here; the proto is kept alive with its session so that its id cannot be reused.
 _SESSIONS: dict[int, tuple] = {}
 _MAX_SESSIONS = 4
 
 
-def session(proto):
-    """An onnxruntime CPU session for `proto`, cached: the pipeline runs a source ONNX model
-    several times (reference outputs, builder checks), and a session costs ~0.3 s to build."""
+def session(proto, path: str | None = None):
+    """An onnxruntime CPU session for `proto` (from `path` when the proto is over 2 GB).
+
+    Cached per proto object: the pipeline runs a source ONNX model several times (reference
+    outputs, builder checks), and a session costs ~0.3 s to build."""
     cached = _SESSIONS.get(id(proto))
     if cached is not None and cached[0] is proto:
         return cached[1]
-    ort = lazy.require("onnxruntime", "run ONNX models")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    data = proto.SerializeToString() if proto.ByteSize() < 2**31 - 1 else None
-    if data is None:
-        raise LoadError("model over 2 GB: run it from its file path")
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sess = _new_session(proto, path)
     if len(_SESSIONS) >= _MAX_SESSIONS:
         _SESSIONS.pop(next(iter(_SESSIONS)))
     _SESSIONS[id(proto)] = (proto, sess)
     return sess
 
 
+def _new_session(proto, path: str | None):
+    ort = lazy.require("onnxruntime", "run ONNX models")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # fatal only: a failing run raises, with the same message
+    if byte_size(proto) < PROTOBUF_LIMIT:
+        model = proto.SerializeToString()
+    elif path and Path(path).is_file():
+        model = str(path)  # external data is read next to the file
+    else:  # over the protobuf limit and only in memory: run it from a temporary copy
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nb-large-") as folder:
+            model = str(Path(folder) / "model.onnx")
+            save_external(proto, model)
+            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 def run(handle: ModelHandle, arrays: list) -> list:
-    sess = session(handle.obj)
-    names = [i.name for i in sess.get_inputs()]
-    outputs = sess.run(None, dict(zip(names, arrays)))
-    return list(outputs)
+    for spec in graph_inputs(handle.obj):
+        if spec.dtype == "string":
+            raise InputSpecError(f"{handle.name}: input {spec.name} is a string tensor",
+                                 hint="only models with numeric inputs can be converted; keep "
+                                      "the text handling outside the model")
+    try:
+        sess = session(handle.obj, handle.source)
+        names = [i.name for i in sess.get_inputs()]
+        return list(sess.run(None, dict(zip(names, arrays))))
+    except (LoadError, InputSpecError):
+        raise
+    except Exception as exc:
+        op = _unsupported_op(str(exc))
+        if op:
+            raise ConversionError(f"{handle.name} uses the op {op}, which onnxruntime and the "
+                                  "converters do not support",
+                                  hint="replace that op, or export with a standard opset") from exc
+        raise
+
+
+_OP_PATTERNS = (re.compile(r"([\w.]+:\w+)\(-?\d+\) is not a registered function/op"),
+                re.compile(r"No Op registered for (\w+) with domain_version of \d+"),
+                re.compile(r"Could not find an implementation for (\w+\(\d+\))"),
+                re.compile(r"Unrecognized attribute.*for operator (\w+)"))
+
+
+def _unsupported_op(text: str) -> str | None:
+    for pattern in _OP_PATTERNS:
+        found = pattern.search(text)
+        if found:
+            return found.group(1)
+    return None
 
 
 def to_onnx(handle: ModelHandle, specs=None, options=None):
@@ -104,12 +170,44 @@ def from_onnx(proto, specs=None, options=None, target: str = "onnx") -> ModelHan
 def save(handle: ModelHandle, path: str, target: str = "onnx", options=None) -> str:
     onnx = lazy.onnx()
     proto = handle.obj
-    if proto.ByteSize() > 2**31 - 1 - 2**20:  # protobuf limit: weights go to a side file
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=Path(path).name + ".data")
+    if byte_size(proto) > PROTOBUF_LIMIT - 2**20:  # protobuf limit: weights go to a side file
+        save_external(proto, path)
     else:
         onnx.save_model(proto, path)
     return "onnx"
+
+
+def save_external(proto, path: str) -> None:
+    """Save with all weights in `<path>.data`, referenced by the name the file will have.
+
+    `path` is atomic_output's temporary name: the data file is written next to it as a side
+    file (moved along on success), but the model must point at the final `<name>.data`.
+    """
+    from ..atomic import final_name
+
+    onnx = lazy.onnx()
+    header = onnx.ModelProto()
+    header.CopyFrom(proto)  # saving with external data strips the weights from the proto
+    onnx.save_model(header, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=Path(path).name + ".data", size_threshold=1024)
+    final = final_name(path) + ".data"
+    for tensor in _all_tensors(header.graph):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = final
+    Path(path).write_bytes(header.SerializeToString())
+
+
+def _all_tensors(graph):
+    """Initializers and tensor attributes of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _all_tensors(sub)
 
 
 def op_histogram(proto) -> dict[str, int]:
@@ -142,11 +240,16 @@ def describe(handle: ModelHandle) -> dict:
     }
 
 
-def check(proto) -> None:
-    """Run onnx.checker; raise LoadError with its first line on failure."""
+def check(proto, path: str | None = None) -> None:
+    """Run onnx.checker (from the file when the model is over 2 GB); LoadError on failure."""
     onnx = lazy.onnx()
     try:
-        onnx.checker.check_model(proto)
+        if byte_size(proto) < PROTOBUF_LIMIT:
+            onnx.checker.check_model(proto)
+        elif path:
+            onnx.checker.check_model(path)
     except Exception as exc:
-        raise LoadError(f"the ONNX model fails onnx.checker: {first_line(exc)}") from exc
+        where = path or "the ONNX model"
+        raise LoadError(f"{where} fails onnx.checker: {first_line(exc)}",
+                        hint="re-export the model; the graph is not valid ONNX") from exc
 

@@ -236,12 +236,13 @@ def _ort_outputs(proto, arrays, inputs, workdir) -> list[np.ndarray] | None:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        if proto.ByteSize() < 2_000_000_000:
+        from .onnx_backend import byte_size, save_external
+
+        if byte_size(proto) < 2_000_000_000:
             src = proto.SerializeToString()
-        else:
-            onnx = lazy.onnx()
+        else:  # save_external works on a copy: onnx.save would strip the weights from proto
             src = os.path.join(workdir, "reference.onnx")
-            onnx.save(proto, src, save_as_external_data=True, location="reference.onnx.data")
+            save_external(proto, src)
         sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
         return sess.run(None, {i.name: a for i, a in zip(inputs, arrays)})
     except Exception:

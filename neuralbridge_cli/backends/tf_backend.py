@@ -27,32 +27,61 @@ def load(source: str, fmt, options) -> ModelHandle:
     return loaders[fmt.name](path, options)
 
 
+REEXPORT = "re-export it; the file may be truncated or corrupt"
+UNSAFE_KERAS_HINT = ("if you trust its author, pass --unsafe-keras (Keras safe mode refuses "
+                     "Lambda layers because loading them runs code stored in the file)")
+
+
 def _load_keras(path: Path, options) -> ModelHandle:
+    import zipfile
+
     keras = lazy.require("keras", "load Keras models")
+    try:  # Keras says "File not found" for any unreadable archive: look first
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise LoadError(f"{path} is not a Keras archive (.keras is a zip file): "
+                        f"{first_line(exc)}", hint=REEXPORT) from exc
+    if "config.json" not in names:
+        raise LoadError(f"{path} is not a Keras archive: it has no config.json",
+                        hint="save the model with model.save('model.keras')")
     try:
         model = keras.saving.load_model(str(path), compile=False,
                                         safe_mode=not options.unsafe_keras)
     except Exception as exc:
-        text = first_line(exc)
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise LoadError(f"{path} contains Python code (a Lambda layer); refusing to run it",
-                            hint="if you trust its author, pass --unsafe-keras") from exc
-        raise LoadError(f"cannot load Keras model {path}: {text}") from exc
+        _raise_if_unsafe(path, exc)
+        raise LoadError(f"cannot load Keras model {path}: {first_line(exc)}",
+                        hint=REEXPORT) from exc
     return keras_handle(model, "keras", str(path))
+
+
+def _raise_if_unsafe(path: Path, exc: Exception) -> None:
+    text = str(exc)
+    if "safe_mode" in text or "Lambda" in text:
+        raise LoadError(f"{path} contains Python code (a Lambda layer); refusing to run it",
+                        hint=UNSAFE_KERAS_HINT) from exc
 
 
 def _load_h5(path: Path, options) -> ModelHandle:
     keras = lazy.require("keras", "load Keras models")
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise LoadError(f"{path} is not a readable HDF5 file (no HDF5 signature)",
+                            hint=REEXPORT)
     try:
         model = keras.saving.load_model(str(path), compile=False,
                                         safe_mode=not options.unsafe_keras)
     except Exception as first:
+        _raise_if_unsafe(path, first)  # never fall back to a loader without safe mode
         try:  # models written by Keras 2 (tf_keras) with layers Keras 3 cannot read
             tf_keras = lazy.require("tf_keras")
-            model = tf_keras.models.load_model(str(path), compile=False)
+            with lazy.silenced_stderr():
+                model = tf_keras.models.load_model(str(path), compile=False)
         except Exception:
             raise LoadError(f"cannot load HDF5 model {path}: {first_line(first)}",
-                            hint="a weights-only .h5 needs the model code; save the whole model") from first
+                            hint="a weights-only or corrupt .h5 cannot be loaded; save the "
+                                 "whole model again") from first
     return keras_handle(model, "h5", str(path))
 
 
@@ -81,7 +110,8 @@ def _load_saved_model(path: Path, options) -> ModelHandle:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise LoadError(f"cannot load SavedModel {path}: {first_line(exc)}") from exc
+        raise LoadError(f"cannot load SavedModel {path}: {first_line(exc)}",
+                        hint=REEXPORT) from exc
     return saved_model_handle(loaded, str(path))
 
 
@@ -164,7 +194,8 @@ def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
     try:
         interpreter = _tflite_interpreter(path)
     except Exception as exc:
-        raise LoadError(f"cannot load TFLite model {path}: {first_line(exc)}") from exc
+        raise LoadError(f"{path} is not a readable TFLite model: {first_line(exc)}",
+                        hint=REEXPORT) from exc
     signatures = interpreter.get_signature_list()
     if len(signatures) == 1:
         runner = interpreter.get_signature_runner(next(iter(signatures)))

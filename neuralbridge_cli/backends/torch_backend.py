@@ -5,8 +5,9 @@ import importlib
 import inspect
 import io
 import json
+import logging
 import sys
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from .. import lazy
@@ -84,29 +85,81 @@ def _refuse_pickled_pt2(path: Path) -> None:
                         f"{path} stores pickled Python objects ({entry.rsplit('/', 1)[-1]}); "
                         "refusing to unpickle them",
                         hint="if you trust its author, pass --trust-pickle (it can run arbitrary code)")
-    except zipfile.BadZipFile as exc:
-        raise LoadError(f"{path} is not a readable .pt2 archive: {first_line(exc)}") from exc
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise LoadError(f"{path} is not a readable .pt2 archive: {first_line(exc)}",
+                        hint=REEXPORT) from exc
+
+
+REEXPORT = "re-export it; the file may be truncated or corrupt"
 
 
 def _guard(fn, source):
+    logged: list = []
     try:
-        return fn()
+        with _quiet_torch_logs(logged):
+            return fn()
     except Exception as exc:
-        raise LoadError(f"cannot load {source}: {first_line(exc)}") from exc
+        detail = first_line(exc)
+        if "warnings above" in detail:  # torch logged the real error (kept quiet): use it
+            causes = [r.exc_info[1] for r in logged if r.exc_info and r.exc_info[1]]
+            detail = first_line(causes[-1]) if causes else detail
+        raise LoadError(f"cannot load {source}: {detail}", hint=REEXPORT) from exc
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list):
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _quiet_torch_logs(records: list):
+    """torch.export.load logs a full traceback (as a warning) before raising: collect the
+    records instead of printing them."""
+    logger = logging.getLogger("torch.export")
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers = [_Collect(records)]  # torch attaches its own printing handler here
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def _load_weights_only(path: Path):
     torch = lazy.torch()
+    if not _looks_like_torch_save(path):
+        raise LoadError(f"{path} is not a readable PyTorch file (neither a torch.save zip "
+                        "archive nor a legacy pickle)", hint=REEXPORT)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text or "Unsupported operand" in text and "GLOBAL" in text \
+                or "GLOBAL" in text and "not an allowed global" in text:
             raise LoadError(
                 f"{path} holds pickled Python objects, not only weights; refusing to unpickle it",
                 hint="if you trust its author, pass --trust-pickle (it can run arbitrary code)",
             ) from exc
-        raise LoadError(f"{path} is not a readable PyTorch file: {first_line(exc)}") from exc
+        detail = next((ln.strip() for ln in text.splitlines()
+                       if ln.strip() and "weights_only" not in ln and "Weights only" not in ln),
+                      first_line(exc))
+        raise LoadError(f"{path} is not a readable PyTorch file: {detail[:200]}",
+                        hint=REEXPORT) from exc
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive; the legacy format starts with a pickle opcode."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 def _from_state_dict(obj, source: str, options) -> ModelHandle:
@@ -157,7 +210,9 @@ def build_from_import_path(path: str, model_args: dict | None = None):
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise UsageError(f"bad import path {path!r}", hint="write it as package.module:ClassOrFactory")
-    sys.path.insert(0, ".")  # allow models defined in the working folder
+    cwd = str(Path.cwd())  # allow models defined in the working folder (absolute: "." would
+    sys.path.insert(0, cwd)  # keep a cached finder for whichever folder came first)
+    importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -167,7 +222,7 @@ def build_from_import_path(path: str, model_args: dict | None = None):
         raise LoadError(f"importing {module_name!r} (from {path}) failed: "
                         f"{type(exc).__name__}: {first_line(exc)}") from exc
     finally:
-        sys.path.remove(".")
+        sys.path.remove(cwd)
     target = module
     for part in attr_path.split("."):
         target = getattr(target, part, None)
@@ -299,10 +354,24 @@ def _image_size(module, rank: int):
 # ---------------------------------------------------------------- running
 def run(handle: ModelHandle, arrays: list) -> list:
     torch = lazy.torch()
+    check_positional(handle)
     tensors = [torch.from_numpy(a) for a in arrays]
     with torch.inference_mode():
         result = handle.obj(*tensors)
-    return flatten_outputs(result)
+    try:
+        return flatten_outputs(result)
+    except ConversionError as exc:
+        raise ConversionError(f"{handle.name}.forward returned {exc.message}",
+                              hint=exc.hint) from exc
+
+
+def check_positional(handle: ModelHandle) -> None:
+    """Conversion feeds positional tensors: a forward that needs keyword-only ones cannot run."""
+    keyword_only = required_keyword_only(handle.obj)
+    if keyword_only:
+        raise UsageError(f"{handle.name}.forward needs keyword-only inputs "
+                         f"({', '.join(keyword_only)})",
+                         hint="wrap the model in a module whose forward takes positional tensors")
 
 
 def flatten_outputs(result) -> list:
@@ -317,8 +386,9 @@ def flatten_outputs(result) -> list:
         for item in result:
             out.extend(flatten_outputs(item))
         return out
-    raise ConversionError(f"the model returned a {type(result).__name__}, not tensors; "
-                          "only tensor outputs (or tuples/lists/dicts of them) can be converted")
+    raise ConversionError(f"a {type(result).__name__}, not tensors",
+                          hint="make forward return tensors (or tuples/lists/dicts of tensors); "
+                               "only tensor outputs can be converted")
 
 
 def output_names(handle: ModelHandle, count: int) -> list[str]:
@@ -330,10 +400,7 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
     """Yield (strategy, ModelProto) candidates: dynamo exporter, then the TorchScript exporter."""
     torch = lazy.torch()
     module = handle.obj
-    keyword_only = required_keyword_only(module)
-    if keyword_only:
-        raise UsageError(f"{handle.name}.forward needs keyword-only inputs ({', '.join(keyword_only)})",
-                         hint="wrap the model in a module whose forward takes positional tensors")
+    check_positional(handle)
     examples = tuple(torch.from_numpy(a) for a in dummy_inputs(specs, DEFAULT_BATCH))
     input_names = [s.name for s in specs]
     with torch.inference_mode():

@@ -1,13 +1,16 @@
 """The `neuralbridge` Typer app: global options and command registration."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from .. import __version__
+from ..errors import ExitCode
 from . import commands, doctor
-from .output import SETTINGS, apply_verbosity
+from .output import SETTINGS, OneLineErrorsGroup, apply_verbosity
 
 app = typer.Typer(
     name="neuralbridge",
@@ -18,6 +21,7 @@ app = typer.Typer(
     # Plain click help: rich panels cost ~150 ms of imports (rich.console, rich.markdown,
     # markdown_it) on every `--help`, three times the cost of importing typer itself.
     rich_markup_mode=None,
+    cls=OneLineErrorsGroup,
 )
 
 
@@ -42,7 +46,8 @@ def root(
     130 interrupted.
     """
     SETTINGS.verbose, SETTINGS.quiet = verbose, quiet
-    SETTINGS.debug = SETTINGS.debug or debug
+    # reset per invocation: in-process runs (tests, CliRunner) must not inherit --debug
+    SETTINGS.debug = os.environ.get("NEURALBRIDGE_DEBUG") == "1" or debug
     apply_verbosity()
 
 
@@ -54,4 +59,11 @@ app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == ExitCode.INTERRUPTED:  # Ctrl-C: skip the framework's slow shutdown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(ExitCode.INTERRUPTED)
+        raise

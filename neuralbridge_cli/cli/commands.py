@@ -68,12 +68,10 @@ def convert(
             result = run_convert(source, to.value if to else None, output or AUTO, options)
         except Exception as exc:
             report = getattr(exc, "report", None)
-            if report is not None and not json_output:
+            if report is not None and not json_output:  # --json: the error object carries it
                 from .render import validation_table
 
                 stdout.print(validation_table(report))
-            elif report is not None:
-                print_json({"ok": False, "error": str(exc), "validation": report.as_dict()})
             raise
     if json_output:
         print_json({"ok": True, **result.as_dict()})
@@ -173,6 +171,7 @@ def inspect(
     model_class: ModelClassOpt = None,
     model_args: ModelArgsOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -183,7 +182,8 @@ def inspect(
     from ..inspection import inspect_model
 
     options = build_options(model_class=model_class, model_args=model_args,
-                            source_format=source_format, trust_pickle=trust_pickle)
+                            source_format=source_format, trust_pickle=trust_pickle,
+                            unsafe_keras=unsafe_keras)
     info = inspect_model(source, options)
     if json_output:
         print_json(info)

@@ -9,7 +9,9 @@ import traceback
 from dataclasses import dataclass
 
 import typer
+from typer.core import TyperGroup
 
+from .. import interrupts
 from ..errors import ExitCode, NeuralBridgeError
 
 
@@ -84,17 +86,31 @@ class Progress:
         return False
 
 
-def fail(exc: NeuralBridgeError) -> None:
-    """Print the one-line error (plus traceback with --debug) and exit with its code."""
+def fail(exc: NeuralBridgeError, json_output: bool = False) -> None:
+    """Print the one-line error (plus traceback with --debug) and exit with its code.
+
+    With --json, stdout also gets one JSON object describing the error.
+    """
     if SETTINGS.debug:
         stderr.print(traceback.format_exc(), markup=False, highlight=False)
     if SETTINGS.verbose or SETTINGS.debug:
         for detail in exc.details:
             stderr.print(f"  tried: {detail}", markup=False, highlight=False)
+    error_line(str(exc))
+    if json_output:
+        report = getattr(exc, "report", None)
+        print_json({"ok": False, "error": str(exc), "exit_code": exc.exit_code,
+                    "error_type": type(exc).__name__,
+                    **({"validation": report.as_dict()} if report is not None else {})})
+    raise typer.Exit(exc.exit_code)
+
+
+def error_line(message: str) -> None:
+    """The one `error:` line on stderr (newlines folded: it stays one line)."""
+    text = " ".join(message.split())
     from rich.markup import escape
 
-    stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(exc.exit_code)
+    stderr.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def reports_errors(command):
@@ -105,14 +121,27 @@ def reports_errors(command):
         if kwargs.get("debug"):
             SETTINGS.debug = True
         try:
-            return command(*args, **kwargs)
+            with interrupts.handled():
+                return command(*args, **kwargs)
         except NeuralBridgeError as exc:
-            fail(exc)
+            if interrupts.was_interrupted():  # a framework wrapped the KeyboardInterrupt
+                _interrupted(kwargs)
+            fail(exc, bool(kwargs.get("json_output")))
+        except Exception:
+            if interrupts.was_interrupted():
+                _interrupted(kwargs)
+            raise
         except KeyboardInterrupt:
-            stderr.print("interrupted", style="yellow")
-            raise typer.Exit(ExitCode.INTERRUPTED)
+            _interrupted(kwargs)
 
     return wrapper
+
+
+def _interrupted(kwargs) -> None:
+    stderr.print("interrupted", style="yellow")
+    if kwargs.get("json_output"):
+        print_json({"ok": False, "error": "interrupted", "exit_code": ExitCode.INTERRUPTED})
+    raise typer.Exit(ExitCode.INTERRUPTED)
 
 
 def apply_verbosity() -> None:
@@ -123,3 +152,34 @@ def apply_verbosity() -> None:
         import warnings
 
         warnings.simplefilter("ignore")
+
+
+# Typer vendors Click privately: reach its ClickException through a public class's bases
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """Command-line parse errors (unknown option, bad value) as one `error:` line, exit 2,
+    instead of Typer's boxed usage panel; with --json also a JSON error object."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `neuralbridge`: show help
+                exc.show()
+                sys.exit(exc.exit_code)
+            message = exc.format_message()
+            command = getattr(getattr(exc, "ctx", None), "command_path", None) or "neuralbridge"
+            error_line(f"{message} (see {command} --help)")
+            if "--json" in argv:
+                print_json({"ok": False, "error": message, "exit_code": exc.exit_code,
+                            "error_type": "UsageError"})
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            error_line("aborted")
+            sys.exit(ExitCode.FAILURE)
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
