@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
-from . import commands
+from . import commands, trust
 from .output import SETTINGS, apply_verbosity
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("convert")(commands.convert)
 app.command("export-onnx")(commands.export_onnx)
 app.command("load")(commands.load)
 app.command("inspect")(commands.inspect)
+trust.register(app)
 
 
 def main() -> None:

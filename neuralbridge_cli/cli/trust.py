@@ -1,0 +1,98 @@
+"""Trust commands: validate two models, compare precisions, diff models, check an input file."""
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from ..options import DEFAULT_ATOL, DEFAULT_RTOL
+from .output import Progress, print_json, reports_errors, stdout
+from .params import (ConfigOpt, DebugOpt, DtypeOpt, FromOpt, InputShapeOpt, JsonOpt,
+                     ModelArgsOpt, ModelClassOpt, TrustPickleOpt, UnsafeKerasOpt, build_options)
+
+ModelA = Annotated[str, typer.Argument(help="Reference model (any supported format).",
+                                       show_default=False)]
+ModelB = Annotated[str, typer.Argument(help="Model to check against it.", show_default=False)]
+InputsOpt = Annotated[Optional[str], typer.Option(
+    "--inputs", help="Input data: .npz (arrays named like the inputs) or .npy (one input).",
+    show_default=False)]
+SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="Seeded input draws per "
+                                         "batch size.")]
+PlotOpt = Annotated[Optional[str], typer.Option("--plot", help="Write a chart here (PNG/SVG; "
+                                                "needs matplotlib).", show_default=False)]
+TolListOpt = Annotated[Optional[List[str]], typer.Option(
+    "--atol", help=f"Absolute tolerance, for all outputs or per output: 1e-4 or logits:1e-3 "
+    f"(repeatable) [default: {DEFAULT_ATOL:g}].", show_default=False)]
+RtolListOpt = Annotated[Optional[List[str]], typer.Option(
+    "--rtol", help=f"Tolerance relative to the output's scale, e.g. 1e-3 or logits:1e-2 "
+    f"[default: {DEFAULT_RTOL:g}].", show_default=False)]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the trust commands to the app."""
+    app.command("validate")(validate)
+
+
+@reports_errors
+def validate(
+    model_a: ModelA,
+    model_b: ModelB,
+    inputs: InputsOpt = None,
+    samples: SamplesOpt = 1,
+    atol: TolListOpt = None,
+    rtol: RtolListOpt = None,
+    plot: PlotOpt = None,
+    input_shape: InputShapeOpt = None,
+    dtype: DtypeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_args: ModelArgsOpt = None,
+    source_format: FromOpt = None,
+    config: ConfigOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run two models on the same inputs and compare every output; exit code 3 on mismatch.
+
+    Reports max and mean absolute error, error relative to the output's scale, cosine
+    similarity and, for classifier-like outputs, top-1 agreement. Seeded inputs at batch 2 and
+    3 unless --inputs is given. NHWC/NCHW differences between the models are mapped.
+
+    Examples:
+
+      neuralbridge validate resnet18.pt resnet18.savedmodel --model-class torchvision.models:resnet18
+
+      neuralbridge validate model.onnx model.tflite --inputs batch.npz --atol logits:1e-3
+    """
+    from ..compare import compare_models, plot_errors
+    from ..datafiles import read_data
+    from ..validate import check, parse_tolerances
+
+    default_atol, atols = parse_tolerances(atol, DEFAULT_ATOL, "--atol")
+    default_rtol, rtols = parse_tolerances(rtol, DEFAULT_RTOL, "--rtol")
+    options = build_options(config=config, input_shape=input_shape, dtype=dtype,
+                            model_class=model_class, model_args=model_args,
+                            source_format=source_format, trust_pickle=trust_pickle,
+                            unsafe_keras=unsafe_keras, atol=default_atol, rtol=default_rtol)
+    data = read_data(inputs) if inputs else None
+    with Progress() as progress:
+        options.progress = progress
+        result = compare_models(model_a, model_b, options, data=data, samples=samples,
+                                atols=atols, rtols=rtols)
+        if plot:
+            plot_errors(result, plot)
+    if json_output:
+        print_json({"ok": result.report.passed, **result.as_dict(), "plot": plot})
+    else:
+        from .render import validation_table
+
+        stdout.print(f"[bold]{model_b}[/bold] against [bold]{model_a}[/bold]")
+        for note in result.report.notes:
+            stdout.print(f"[dim]note: {note}[/dim]", highlight=False)
+        batches = "batch " + ", ".join(map(str, result.batches))
+        stdout.print(validation_table(result.report, "Validate",
+                                      "from " + inputs if inputs else "seeded inputs", batches))
+        if plot:
+            stdout.print(f"error plot -> {plot}")
+    check(result.report, what=f"{model_b} differs from {model_a}")
