@@ -1,6 +1,7 @@
 """Trust commands: validate two models, compare precisions, diff models, check an input file."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, List, Optional
 
 import typer
@@ -31,6 +32,7 @@ RtolListOpt = Annotated[Optional[List[str]], typer.Option(
 def register(app: typer.Typer) -> None:
     """Add the trust commands to the app."""
     app.command("validate")(validate)
+    app.command("check-input")(check_input)
 
 
 @reports_errors
@@ -96,3 +98,94 @@ def validate(
         if plot:
             stdout.print(f"error plot -> {plot}")
     check(result.report, what=f"{model_b} differs from {model_a}")
+
+
+class Range(str, Enum):
+    unit = "0-1"
+    byte = "0-255"
+
+
+@reports_errors
+def check_input(
+    model: Annotated[str, typer.Argument(help="The model the data is for.", show_default=False)],
+    data: Annotated[str, typer.Argument(help="Input data: .npz, .npy, or an image (PNG/JPEG).",
+                                        show_default=False)],
+    fix: Annotated[bool, typer.Option("--fix", help="Apply the unambiguous fixes, write them "
+                                      "with -o, re-check, and run the model on them.")] = False,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Where --fix writes the corrected .npz [default: fixed.npz].",
+        show_default=False)] = None,
+    expect_range: Annotated[Range, typer.Option(
+        "--expect-range", help="Value range the model expects for image inputs.")] = Range.unit,
+    input_shape: InputShapeOpt = None,
+    dtype: DtypeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_args: ModelArgsOpt = None,
+    source_format: FromOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the -o file.")] = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check an input file against the model's inputs and explain each mismatch with a fix.
+
+    Exit code 0 when the data fits (or --fix made it fit and the model ran on it), 2 otherwise.
+
+    Examples:
+
+      neuralbridge check-input model.onnx batch.npz
+
+      neuralbridge check-input model.onnx cat.jpg --fix -o fixed.npz
+    """
+    from ..check_input import check_arrays, check_model_input, run_fixed, write_fixed
+    from ..errors import InputSpecError
+
+    options = build_options(input_shape=input_shape, dtype=dtype, model_class=model_class,
+                            model_args=model_args, source_format=source_format,
+                            trust_pickle=trust_pickle, unsafe_keras=unsafe_keras)
+    with Progress() as progress:
+        options.progress = progress
+        handle, result = check_model_input(model, data, options,
+                                           expect_range=expect_range.value)
+    info = {"ok": result.ok, "model": model, "data": data,
+            "inputs": [s.as_dict() for s in result.specs],
+            "findings": [f.as_dict() for f in result.findings]}
+    written = None
+    if fix and result.findings and result.fully_fixable:
+        written = write_fixed(result, output or "fixed.npz", force)
+        again = check_arrays(result.specs, result.fixed, static=handle.framework != "torch",
+                             expect_range=expect_range.value)
+        outputs = run_fixed(handle, again if again.ok else result)
+        info.update(fixed=written, recheck_ok=again.ok,
+                    recheck=[f.as_dict() for f in again.findings],
+                    ran={"outputs": [list(o.shape) for o in outputs]})
+    if json_output:
+        print_json(info)
+    else:
+        _print_findings(model, data, result, info)
+    if not result.ok and not (written and info["recheck_ok"]):
+        unfixable = [f for f in result.findings if not f.fixable]
+        what = (f"{len(unfixable)} problem(s) need a manual fix" if unfixable else
+                "the data does not fit; --fix -o fixed.npz corrects it")
+        raise InputSpecError(f"{data} does not fit {model}: {what}")
+
+
+def _print_findings(model, data, result, info) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    if result.ok:
+        stdout.print(f"[green]ok[/green]: {escape(data)} fits {escape(model)}")
+        return
+    table = Table(title=f"{data} against {model}", title_justify="left")
+    for column in ("kind", "input", "finding", "fix", "auto"):
+        table.add_column(column)
+    for f in result.findings:
+        table.add_row(f.kind, escape(f.input or "-"), escape(f.message), escape(f.fix),
+                      "[green]yes[/green]" if f.fixable else "[red]no[/red]")
+    stdout.print(table)
+    if info.get("fixed"):
+        state = "[green]passes[/green]" if info["recheck_ok"] else "[red]still fails[/red]"
+        stdout.print(f"fixed input -> [bold]{escape(info['fixed'])}[/bold]; re-check {state}; "
+                     f"the model ran on it: outputs {info['ran']['outputs']}")
