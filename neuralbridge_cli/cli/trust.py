@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
     """Add the trust commands to the app."""
     app.command("validate")(validate)
     app.command("check-input")(check_input)
+    app.command("diff")(diff)
 
 
 @reports_errors
@@ -189,3 +190,85 @@ def _print_findings(model, data, result, info) -> None:
         state = "[green]passes[/green]" if info["recheck_ok"] else "[red]still fails[/red]"
         stdout.print(f"fixed input -> [bold]{escape(info['fixed'])}[/bold]; re-check {state}; "
                      f"the model ran on it: outputs {info['ran']['outputs']}")
+
+
+@reports_errors
+def diff(
+    model_a: ModelA,
+    model_b: Annotated[str, typer.Argument(help="The model to compare with it.",
+                                           show_default=False)],
+    html: Annotated[Optional[str], typer.Option(
+        "--html", help="Write an HTML report with a per-layer bar chart of weight change.",
+        show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", help="Rows in the table of most changed tensors.")] = 20,
+    model_class: ModelClassOpt = None,
+    model_args: ModelArgsOpt = None,
+    source_format: FromOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show what differs between two models: layers added/removed/changed, and per weight
+    tensor the relative L2 and max absolute change (same or different frameworks).
+
+    Examples:
+
+      neuralbridge diff base.pt finetuned.pt --model-class torchvision.models:resnet18 --html d.html
+
+      neuralbridge diff model.keras model.pt2
+    """
+    from ..diff import CHANGED_REL_L2, diff_models, html_report
+
+    options = build_options(model_class=model_class, model_args=model_args,
+                            source_format=source_format, trust_pickle=trust_pickle,
+                            unsafe_keras=unsafe_keras)
+    with Progress() as progress:
+        options.progress = progress
+        result = diff_models(model_a, model_b, options)
+    if html:
+        html_report(result, html)
+    if json_output:
+        print_json({"ok": True, **result.as_dict(), "html": html})
+        return
+    _print_diff(result, top, CHANGED_REL_L2, html)
+
+
+def _print_diff(result, top: int, threshold: float, html) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    info = result.as_dict()
+    stdout.print(f"[bold]{escape(result.b)}[/bold] against [bold]{escape(result.a)}[/bold] "
+                 f"(aligned by {result.alignment}): {info['matched']} tensor pairs matched "
+                 f"({result.a_tensors} tensors in A, {result.b_tensors} in B), "
+                 f"{info['changed']} changed in {len(result.changed_layers)} layer(s)"
+                 + (f": {escape(', '.join(result.changed_layers))}" if result.changed_layers else ""))
+    for note in result.notes:
+        stdout.print(f"[dim]note: {escape(note)}[/dim]", highlight=False)
+    if result.structure:
+        table = Table(title="Structure", title_justify="left")
+        for column in ("change", "A", "B", "detail"):
+            table.add_column(column)
+        for e in result.structure:
+            table.add_row(e["change"], escape(str(e["a"] or "-")), escape(str(e["b"] or "-")),
+                          escape(e["detail"]))
+        stdout.print(table)
+    rows = sorted(result.tensors, key=lambda t: -t.rel_l2)[:top]
+    table = Table(title=f"Weights (top {len(rows)} by relative L2 change; changed when > "
+                  f"{threshold:g})", title_justify="left")
+    for column in ("A", "B", "shape", "rel L2", "max abs", ""):
+        table.add_column(column, justify="right" if column in ("rel L2", "max abs") else "left")
+    for t in rows:
+        table.add_row(escape(t.a), escape(t.b), "x".join(map(str, t.shape)), f"{t.rel_l2:.3g}",
+                      f"{t.max_abs:.3g}", "[red]changed[/red]" if t.changed else
+                      "[green]same[/green]")
+    stdout.print(table)
+    for side, names in (("A", result.unmatched_a), ("B", result.unmatched_b)):
+        if names:
+            stdout.print(f"only in {side}: {escape(', '.join(names[:10]))}"
+                         + (f" (+{len(names) - 10} more)" if len(names) > 10 else ""))
+    if not result.changed and not result.unmatched_a and not result.unmatched_b:
+        stdout.print("[green]every weight matched and unchanged[/green]")
+    if html:
+        stdout.print(f"html report -> {html}")
