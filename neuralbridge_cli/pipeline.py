@@ -200,6 +200,10 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
         check_output(options.save_onnx, options.force)
     handle = load_source(source, options)
     target = target_for(to, handle.framework)
+    if options.precision != "fp32":
+        from .precision import prepare
+
+        prepare(options, target.name)
     if output == AUTO:
         output = str(check_output(default_output(handle.name, source, target), options.force))
     if output and isinstance(source, (str, Path)) and Path(output).exists() and \
@@ -295,7 +299,13 @@ def _onnx_candidates(handle, specs, options, result):
 def _save(converted: ModelHandle, target: Target, output: str, options, result) -> None:
     options.progress(f"saving {target.description} to {output}")
     with atomic_output(output, options.force) as tmp:
-        saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+        if options.precision != "fp32":  # an fp16 / int8 variant of the converted model
+            from .precision import save_variant
+
+            saved_format = save_variant(converted, target.name, str(tmp), options)
+        else:
+            saved_format = backend(target.framework).save(converted, str(tmp), target.name,
+                                                          options)
     result.notes.extend(getattr(saved_format, "notes", None) or [])
     if getattr(saved_format, "fixed_batch", False):
         result.notes.append("the saved program runs only at the example batch size (2)")

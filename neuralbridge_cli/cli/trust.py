@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
     app.command("validate")(validate)
     app.command("check-input")(check_input)
     app.command("diff")(diff)
+    app.command("compare-precision")(compare_precision)
 
 
 @reports_errors
@@ -272,3 +273,90 @@ def _print_diff(result, top: int, threshold: float, html) -> None:
         stdout.print("[green]every weight matched and unchanged[/green]")
     if html:
         stdout.print(f"html report -> {html}")
+
+
+@reports_errors
+def compare_precision(
+    source: Annotated[str, typer.Argument(help="Model file, folder or import path.",
+                                          show_default=False)],
+    precisions: Annotated[str, typer.Option(
+        "--precisions", help="Comma-separated precisions to build.")] = "fp32,fp16,int8",
+    to: Annotated[str, typer.Option("--to", help="onnx (onnxruntime) or tflite (TFLite "
+                                    "interpreter).")] = "onnx",
+    inputs: InputsOpt = None,
+    calibration: Annotated[Optional[str], typer.Option(
+        "--calibration", help="Representative inputs (.npz/.npy) for int8 calibration "
+        "[default: seeded inputs].", show_default=False)] = None,
+    quantization: Annotated[str, typer.Option(
+        "--quantization", help="int8 ONNX: static (calibrated), dynamic, or auto (static for "
+        "convolutional graphs).")] = "auto",
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per precision.")] = 20,
+    output_dir: Annotated[Optional[str], typer.Option(
+        "--output-dir", "-o", help="Keep the variants in this folder.", show_default=False)] = None,
+    plot: PlotOpt = None,
+    input_shape: InputShapeOpt = None,
+    dtype: DtypeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_args: ModelArgsOpt = None,
+    source_format: FromOpt = None,
+    config: ConfigOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    unsafe_keras: UnsafeKerasOpt = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Build fp32/fp16/int8 variants and compare file size, error against fp32, top-1
+    agreement and median latency on this machine.
+
+    Examples:
+
+      neuralbridge compare-precision resnet18.pt --model-class torchvision.models:resnet18
+
+      neuralbridge compare-precision model.keras --to tflite --calibration samples.npz --plot p.png
+    """
+    from ..datafiles import read_data
+    from ..precision import compare_precisions, plot_precisions
+
+    options = build_options(config=config, input_shape=input_shape, dtype=dtype,
+                            model_class=model_class, model_args=model_args,
+                            source_format=source_format, trust_pickle=trust_pickle,
+                            unsafe_keras=unsafe_keras, calibration=calibration,
+                            quantization=quantization)
+    wanted = [p.strip() for p in precisions.split(",") if p.strip()]
+    data = read_data(inputs) if inputs else None
+    with Progress() as progress:
+        options.progress = progress
+        report = compare_precisions(source, options, wanted, target=to, data=data, runs=runs,
+                                    out_dir=output_dir)
+        if plot:
+            plot_precisions(report, plot)
+    if json_output:
+        print_json({"ok": True, **report.as_dict(), "plot": plot})
+        return
+    _print_precisions(report, plot, output_dir)
+
+
+def _print_precisions(report, plot, output_dir) -> None:
+    from rich.table import Table
+
+    from .render import _human_size
+
+    table = Table(title=f"{report.source} as {report.target} (batch {report.batch})",
+                  title_justify="left")
+    for column in ("precision", "size", "max abs error", "mean abs error", "rel. to scale",
+                   "top-1", "median latency"):
+        table.add_column(column, justify="left" if column == "precision" else "right")
+    for v in report.variants:
+        table.add_row(v.precision, _human_size(v.size_bytes), f"{v.max_abs_error:.3g}",
+                      f"{v.mean_abs_error:.3g}", f"{v.max_rel_error:.3g}",
+                      "-" if v.top1_agreement is None else f"{v.top1_agreement:.0%}",
+                      f"{v.latency_ms:.2f} ms")
+    table.caption = (f"errors against fp32; latency: median of {report.variants[0].latency_runs}"
+                     " runs on this machine" if report.variants else None)
+    stdout.print(table)
+    for note in report.notes:
+        stdout.print(f"[dim]note: {note}[/dim]", highlight=False)
+    if output_dir:
+        stdout.print(f"variants kept in {output_dir}")
+    if plot:
+        stdout.print(f"chart -> {plot}")
