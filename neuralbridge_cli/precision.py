@@ -139,11 +139,12 @@ def tflite_configure(precision: str, calibration: list[list]):
         if precision == "fp16":
             converter.target_spec.supported_types = [tf.float16]
             return
-        order = [s.name for s in concrete.structured_input_signature[0]]
+        if not calibration:  # dynamic range: int8 weights, float activations
+            return
 
         def representative():
             for arrays in calibration:
-                yield [a for a in arrays][:len(order)]
+                yield list(arrays)
 
         converter.representative_dataset = representative
 
@@ -165,15 +166,37 @@ def save_variant(handle, target: str, path: str, options: Options) -> str:
                      onnx_int8(handle.obj, calibration, options.quantization))
             onnx_backend.save(onnx_backend.wrap(proto), path)
             return f"onnx ({options.precision})"
-        from .backends import tf_backend
-
-        tf_backend._save_tflite(handle, path, tflite_configure(options.precision, calibration))
-        return f"tflite ({options.precision})"
+        return _save_tflite_variant(handle, path, options.precision, calibration)
     except UsageError:
         raise
     except Exception as exc:
         raise ConversionError(f"cannot write the {options.precision} {target} model: "
                               f"{first_line(exc)}") from exc
+
+
+def _save_tflite_variant(handle, path: str, precision: str, calibration: list) -> str:
+    """TFLite fp16/int8. A fully int8 graph can fail at run time where the converter
+    quantized an op badly (a Div whose divisor rounds to zero); then the int8 weights are
+    kept with float activations (dynamic range), and the format says so."""
+    from .backends import onnx_to_tf, tf_backend
+
+    tf_backend._save_tflite(handle, path, tflite_configure(precision, calibration))
+    if precision != "int8":
+        return f"tflite ({precision})"
+    try:
+        with _quiet_native():
+            onnx_to_tf.run_tflite(path, calibration[0])
+        return "tflite (int8)"
+    except (RuntimeError, ValueError):
+        tf_backend._save_tflite(handle, path, tflite_configure(precision, []))
+        return "tflite (int8 weights, float activations)"
+
+
+def _quiet_native():
+    import contextlib
+
+    return contextlib.nullcontext() if os.environ.get("NEURALBRIDGE_VERBOSE") == "1" \
+        else lazy.silenced_stderr()
 
 
 # ---------------------------------------------------------------- compare-precision
@@ -247,13 +270,17 @@ def _compare(source, options, precisions, target, data, runs, folder) -> Precisi
                              else 1)
     perms = converted.input_perms
     paths = {"fp32": str(fp32_path)}
+    report_notes = report.notes
     for precision in precisions:
         if precision == "fp32":
             continue
         path = folder / f"{stem}-{precision}{suffix}"
         variant_opts = replace(options, precision=precision, force=True)
         converted.inputs = converted.inputs or specs
-        save_variant(converted, target, str(path), variant_opts)
+        saved = save_variant(converted, target, str(path), variant_opts)
+        if "float activations" in saved:
+            report_notes.append(f"{precision}: the fully int8 TFLite model failed to run; "
+                                "int8 weights with float activations instead")
         paths[precision] = str(path)
     reference = None
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
@@ -313,9 +340,10 @@ def _runner(path: str, target: str, sample: list):
 
     errors = []
     for mode in ("default", "plain", "flex"):
-        interpreter = _tflite_interpreter(path, mode)
         try:
-            _run_tflite(interpreter, sample)
+            with _quiet_native():
+                interpreter = _tflite_interpreter(path, mode)
+                _run_tflite(interpreter, sample)
         except (RuntimeError, ValueError) as exc:
             errors.append(first_line(exc))
             continue
