@@ -117,7 +117,7 @@ def check_input(model: Any, data: Any, *, expect_range: str = "0-1", **options) 
     arrays, one array, or a list of arrays. Each Finding has kind, input, message, fix and
     fixable. Options: input_shape, dtype, model_class, model_args.
     """
-    from .check_input import check_model_input
+    from .input_check import check_model_input
 
     _, result = check_model_input(model, data, _options(**options), expect_range=expect_range)
     return result.findings

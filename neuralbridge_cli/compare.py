@@ -84,6 +84,33 @@ def map_layouts(reference: ModelHandle, candidate: ModelHandle) -> list[str]:
     return notes
 
 
+def _soften_default_sizes(handle: ModelHandle) -> None:
+    """Sizes the torch backend guessed (224x224 for a first Conv2d) are not the model's: let
+    the other model, or the defaults, decide them."""
+    if not handle.inputs or not any("is a default" in note for note in handle.notes):
+        return
+    handle.inputs = [replace(s, shape=tuple(s.shape[:2]) + (None,) * (s.rank - 2))
+                     if s.rank >= 3 else s for s in handle.inputs]
+
+
+def _merged_specs(reference: ModelHandle, candidate: ModelHandle) -> list[TensorSpec] | None:
+    """The reference's specs with unknown dims taken from the candidate (layout mapped)."""
+    if not reference.inputs:
+        return candidate.inputs
+    if not candidate.inputs or len(candidate.inputs) != len(reference.inputs):
+        return reference.inputs
+    merged = []
+    for i, (ref, cand) in enumerate(zip(reference.inputs, candidate.inputs)):
+        perm = candidate.input_perms.get(i, tuple(range(cand.rank)))
+        dims = list(ref.shape)
+        for k, src_axis in enumerate(perm):
+            if src_axis < len(dims) and not isinstance(dims[src_axis], int) and \
+                    isinstance(cand.shape[k], int) and (src_axis > 0 or cand.shape[k] > 0):
+                dims[src_axis] = cand.shape[k]
+        merged.append(replace(ref, shape=tuple(dims)))
+    return merged
+
+
 def input_batches(specs, handles, samples: int = 1, seed: int = 0) -> list[list]:
     """Seeded input sets: each of `samples` draws at batch 2 and at SECOND_BATCH, unless a
     model fixes its batch size (then only that)."""
@@ -104,11 +131,13 @@ def compare_models(a, b, options: Options, *, data: dict | None = None, samples:
 
     reference = load_model(a, options)
     candidate = load_model(b, options)
-    specs = reference.inputs or candidate.inputs
+    _soften_default_sizes(reference)
+    _soften_default_sizes(candidate)
+    notes = map_layouts(reference, candidate) if reference.inputs else []
+    specs = _merged_specs(reference, candidate)
     if not specs:
         raise InputSpecError(f"cannot tell the inputs of {reference.name} or {candidate.name}",
                              hint="pass --input-shape, or --inputs data.npz")
-    notes = map_layouts(reference, candidate) if reference.inputs else []
     if data is not None:
         runs = [[np.asarray(x) for x in arrays_for(specs, data)]]
     else:

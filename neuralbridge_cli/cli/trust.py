@@ -140,7 +140,7 @@ def check_input(
 
       neuralbridge check-input model.onnx cat.jpg --fix -o fixed.npz
     """
-    from ..check_input import check_arrays, check_model_input, run_fixed, write_fixed
+    from ..input_check import check_arrays, check_model_input, run_fixed, write_fixed
     from ..errors import InputSpecError
 
     options = build_options(input_shape=input_shape, dtype=dtype, model_class=model_class,

@@ -341,6 +341,14 @@ def model_specs(model, options: Options) -> tuple[ModelHandle, list[TensorSpec]]
     if not handle.inputs:
         raise InputSpecError(f"cannot tell the inputs of {handle.name}",
                              hint="pass --input-shape (e.g. 1,3,224,224)")
+    if handle.framework == "onnx":  # token ids index an embedding table: its size bounds them
+        from dataclasses import replace
+
+        from .backends.onnx_to_tf import _gather_vocab
+
+        handle.inputs = [replace(s, value_range=(0, vocab)) if s.value_range is None and
+                         s.dtype.startswith("int") and (vocab := _gather_vocab(handle.obj, s.name))
+                         else s for s in handle.inputs]
     return handle, handle.inputs
 
 
