@@ -175,21 +175,48 @@ def save_variant(handle, target: str, path: str, options: Options) -> str:
 
 
 def _save_tflite_variant(handle, path: str, precision: str, calibration: list) -> str:
-    """TFLite fp16/int8. A fully int8 graph can fail at run time where the converter
-    quantized an op badly (a Div whose divisor rounds to zero); then the int8 weights are
-    kept with float activations (dynamic range), and the format says so."""
-    from .backends import onnx_to_tf, tf_backend
+    """TFLite fp16/int8. A fully int8 graph can fail at run time: an op quantized badly (a
+    Div whose divisor rounds to zero), or the interpreter aborting the whole process (seen
+    with resnet18 at a dynamic batch). So it is tried in a child process first; when it
+    fails, the int8 weights are kept with float activations, and the format says so."""
+    from .backends import tf_backend
 
     tf_backend._save_tflite(handle, path, tflite_configure(precision, calibration))
-    if precision != "int8":
+    if precision != "int8" or _runs_in_child(path, calibration[0]):
         return f"tflite ({precision})"
-    try:
-        with _quiet_native():
-            onnx_to_tf.run_tflite(path, calibration[0])
-        return "tflite (int8)"
-    except (RuntimeError, ValueError):
-        tf_backend._save_tflite(handle, path, tflite_configure(precision, []))
-        return "tflite (int8 weights, float activations)"
+    tf_backend._save_tflite(handle, path, tflite_configure(precision, []))
+    return "tflite (int8 weights, float activations)"
+
+
+PROBE = """
+import sys, numpy as np
+from neuralbridge_cli.backends.onnx_to_tf import run_tflite
+with np.load(sys.argv[2]) as data:
+    arrays = [data[k] for k in sorted(data.files, key=int)]
+for batch in (1, 2):  # the validation runs batch 2
+    run_tflite(sys.argv[1], [np.concatenate([a] * batch) for a in arrays])
+"""
+
+
+def _runs_in_child(path: str, arrays: list) -> bool:
+    """Run the .tflite on `arrays` in a separate Python process: True when it works."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    with tempfile.TemporaryDirectory(prefix="nb-probe-") as tmp:
+        feed = os.path.join(tmp, "feed.npz")
+        np.savez(feed, **{str(i): a for i, a in enumerate(arrays)})
+        try:
+            proc = subprocess.run([sys.executable, "-c", PROBE, path, feed], env=env,
+                                  capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return False
+    return proc.returncode == 0
 
 
 def _quiet_native():
