@@ -359,8 +359,10 @@ def _diff_by_position(a_layers, b_layers, a_name, b_name, b_loose) -> ModelDiff:
         result.notes.append(f"{folded} tensor(s) compared with a BatchNorm folded in, as the "
                             "converter did")
     if loose:
-        result.notes.append(f"{len(loose)} graph constant(s) of {b_name} matched no weight "
-                            "(shapes and other non-weight constants)")
+        shapes = ", ".join(f"{list(v.shape)} {v.dtype}" for _, v in loose[:6])
+        result.notes.append(f"{len(loose)} graph constant(s) of {b_name} matched no weight: "
+                            f"{shapes}{' ...' if len(loose) > 6 else ''} (reshape targets, "
+                            "clip bounds and the like)")
     return result
 
 
