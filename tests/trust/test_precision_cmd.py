@@ -52,6 +52,25 @@ def test_convert_precision_onnx(workdir):
     assert result.exit_code == 0 and data["validation"]["max_rel_error"] < 1e-2
 
 
+def test_dynamic_quantization_and_calibration_file(workdir):
+    import numpy as np
+
+    _encoder_pt2(workdir / "encoder.pt2")
+    samples = np.random.default_rng(4).standard_normal((6, 16, 64)).astype(np.float32)
+    np.savez("calib.npz", src=samples)
+    result, data = invoke_json("convert", "encoder.pt2", "--to", "onnx", "--precision", "int8",
+                               "--quantization", "dynamic", "-o", "enc-int8.onnx")
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in onnx.load("enc-int8.onnx").graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    result, data = invoke_json("compare-precision", "encoder.pt2", "--precisions", "int8",
+                               "--quantization", "static", "--calibration", "calib.npz",
+                               "--runs", "2")
+    assert result.exit_code == 0, result.output
+    assert [v["precision"] for v in data["variants"]] == ["int8"]
+    assert any("calib.npz" in note for note in data["notes"])
+
+
 def test_precision_needs_onnx_or_tflite(workdir):
     export_cnn(workdir / "cnn.onnx")
     result = invoke("convert", "cnn.onnx", "--to", "keras", "--precision", "fp16")
