@@ -95,7 +95,8 @@ def layers_of(handle) -> tuple[list[Layer], list]:
     if torch is not None and hasattr(obj, "state_dict") and hasattr(obj, "module"):
         return _exported_layers(obj)
     raise UsageError(f"diff cannot read the weights of a {type(obj).__name__} "
-                     f"({handle.format})", hint="diff PyTorch, Keras or ONNX models")
+                     f"({handle.format})", hint="diff PyTorch, Keras or ONNX models (for a "
+                     "SavedModel or TFLite file, diff the model it was converted from)")
 
 
 def _np(t):
@@ -209,6 +210,9 @@ def _onnx_layers(proto) -> list[Layer]:
     from onnx import numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    # integer initializers are shapes, axes and indices, and scalars are op constants (the
+    # 0.5 of a GELU): neither are weights
+    inits = {k: v for k, v in inits.items() if v.dtype.kind == "f" and v.ndim > 0}
     layers, used = [], set()
     for i, node in enumerate(proto.graph.node):
         tensors = {name: inits[name] for name in node.input if name in inits and name not in used}

@@ -117,3 +117,14 @@ def test_resnet18_final_layer_reinitialised(workdir):
     result, data = invoke_json("diff", "a.pt", "b.pt", "--model-class",
                                "torchvision.models:resnet18")
     assert data["changed_layers"] == ["fc"] and data["changed"] == 2
+
+
+def test_torch_against_its_onnx_export(workdir):
+    """By position, with the exporter's BatchNorm folding undone; integer constants ignored."""
+    from trust_helpers import export_cnn
+
+    export_cnn(workdir / "cnn.onnx")
+    result, data = invoke_json("diff", "models:small_cnn", "cnn.onnx")
+    assert result.exit_code == 0, result.output
+    assert data["alignment"] == "position" and data["identical"], data
+    assert data["matched"] == data["b_tensors"] == 8  # 3 convs + linear, weight and bias each
