@@ -323,8 +323,6 @@ def _signature(layer: Layer):
 
 
 def _fold(weight, bias, bn):
-    import numpy as np
-
     scale, shift, _ = bn
     folded = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     return folded, (0.0 if bias is None else bias) * scale + shift

@@ -91,7 +91,7 @@ def onnx_int8(proto, calibration: list[list], method: str = "auto"):
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(proto, src)
         if method == "static":
-            reader = _Reader([dict(zip(names, arrays)) for arrays in calibration], quant)
+            reader = _calibration_reader([dict(zip(names, arrays)) for arrays in calibration], quant)
             quant.quantize_static(src, dst, reader, quant_format=quant.QuantFormat.QDQ,
                                   per_channel=True, activation_type=quant.QuantType.QInt8,
                                   weight_type=quant.QuantType.QInt8)
@@ -100,7 +100,7 @@ def onnx_int8(proto, calibration: list[list], method: str = "auto"):
         return onnx.load(dst)
 
 
-def _Reader(feeds, quant):
+def _calibration_reader(feeds, quant):
     class Reader(quant.CalibrationDataReader):
         def __init__(self):
             self._it = iter(feeds)
