@@ -10,12 +10,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["convert_model", "export_onnx", "load_as", "load_as_torch", "load_as_tf",
-           "load_as_onnx", "NeuralBridgeError", "ValidationMismatch", "__version__"]
+           "load_as_onnx", "check_input", "NeuralBridgeError", "ValidationMismatch", "__version__"]
 
 
 def __getattr__(name: str):
     if name in ("convert_model", "export_onnx", "load_as", "load_as_torch", "load_as_tf",
-                "load_as_onnx"):
+                "load_as_onnx", "check_input"):
         from . import api
 
         return getattr(api, name)

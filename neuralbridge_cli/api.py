@@ -108,3 +108,16 @@ def load_as_tf(path: str | Path, **options):
 def load_as_onnx(path: str | Path, **options):
     """Load a model file as an onnx.ModelProto (exported when it is not ONNX already)."""
     return load_as(path, "onnx", **options)
+
+
+def check_input(model: Any, data: Any, *, expect_range: str = "0-1", **options) -> list:
+    """Check input data against a model's inputs; returns a list of Finding (empty: it fits).
+
+    `model` is anything convert_model takes; `data` a path (.npz, .npy, PNG/JPEG), a dict of
+    arrays, one array, or a list of arrays. Each Finding has kind, input, message, fix and
+    fixable. Options: input_shape, dtype, model_class, model_args.
+    """
+    from .input_check import check_model_input
+
+    _, result = check_model_input(model, data, _options(**options), expect_range=expect_range)
+    return result.findings

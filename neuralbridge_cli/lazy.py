@@ -34,6 +34,9 @@ EXTRA_FOR_MODULE = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "safetensors": "torch",
+    "onnxconverter_common": "trust",
+    "matplotlib": "trust",
+    "PIL": "trust",
 }
 
 

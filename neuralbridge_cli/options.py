@@ -12,6 +12,8 @@ from .specs import TensorSpec
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 LAYOUTS = ("keep", "nhwc")
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZATIONS = ("auto", "static", "dynamic")
 
 
 def _no_progress(message: str) -> None:
@@ -38,6 +40,9 @@ class Options:
     force: bool = False
     weights_only: bool = False
     save_onnx: str | None = None
+    precision: str = "fp32"  # --precision for onnx/tflite targets (precision.py)
+    calibration: str | None = None  # .npz/.npy of representative inputs for int8
+    quantization: str = "auto"  # int8 ONNX: static (calibrated), dynamic, or auto
     progress: Callable[[str], None] = _no_progress
 
     def check(self) -> "Options":
@@ -53,6 +58,10 @@ class Options:
                 raise UsageError(f"setting {flag} must be true or false")
         if self.layout not in LAYOUTS:
             raise UsageError(f"unknown layout {self.layout!r}", hint="use keep or nhwc")
+        if self.precision not in PRECISIONS or self.quantization not in QUANTIZATIONS:
+            raise UsageError(f"unknown precision {self.precision!r} / quantization "
+                             f"{self.quantization!r}", hint="precision: fp32, fp16 or int8; "
+                             "quantization: auto, static or dynamic")
         if self.atol < 0 or self.rtol < 0:
             raise UsageError("--atol and --rtol must be >= 0")
         if self.opset is not None and not 7 <= self.opset <= 23:

@@ -211,6 +211,10 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     handle = load_source(source, options)
     target = target_for(to, handle.framework)
     require_route(handle.framework, target.name)  # a missing framework: say so before working
+    if options.precision != "fp32":
+        from .precision import prepare
+
+        prepare(options, target.name)
     if output == AUTO:
         output = str(check_output(default_output(handle.name, source, target), options.force))
     if output and isinstance(source, (str, Path)) and Path(output).exists() and \
@@ -347,7 +351,13 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result,
     options.progress(f"saving {target.description} to {output}")
     ensure_space(output, _weight_bytes(converted))
     with atomic_output(output, options.force) as tmp:
-        saved_format = backend(target.framework).save(converted, str(tmp), target.name, options)
+        if options.precision != "fp32":  # an fp16 / int8 variant of the converted model
+            from .precision import save_variant
+
+            saved_format = save_variant(converted, target.name, str(tmp), options)
+        else:
+            saved_format = backend(target.framework).save(converted, str(tmp), target.name,
+                                                          options)
         if also is not None:  # --save-onnx: written before the main output is moved in
             also()
     result.notes.extend(getattr(saved_format, "notes", None) or [])

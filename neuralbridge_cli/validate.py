@@ -3,6 +3,9 @@
 An output passes when  max|a - b| <= atol + rtol * scale,  where scale = max|reference|.
 The error relative to scale is reported too, because random-init models can have
 outputs near zero, where any absolute check passes (the report flags that case).
+Each output also gets its mean absolute error, cosine similarity and, when it looks like
+classifier logits (rank 2, several classes), the top-1 agreement rate. `atol`/`rtol` can be
+set per output name (`--atol logits:1e-3`, see parse_tolerances).
 """
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ class OutputComparison:
     scale: float  # max |reference|
     passed: bool
     note: str = ""
+    mean_abs_error: float = 0.0
+    cosine: float | None = None  # cosine similarity of the flattened outputs
+    top1_agreement: float | None = None  # classifier-like outputs only
+    atol: float | None = None  # the tolerances this output was judged with
+    rtol: float | None = None
 
 
 @dataclass
@@ -62,9 +70,31 @@ class ValidationReport:
                 f"(atol {self.atol:g}, rtol {self.rtol:g})")
 
 
+def parse_tolerances(values, default: float, flag: str = "--atol") -> tuple[float, dict]:
+    """`["1e-4", "logits:1e-3"]` -> (1e-4, {"logits": 1e-3}): a bare number sets the default."""
+    from .errors import UsageError
+
+    per_output = {}
+    for value in values or ():
+        name, _, number = str(value).rpartition(":")
+        try:
+            tol = float(number)
+        except ValueError:
+            raise UsageError(f"bad {flag} {value!r}",
+                             hint=f"write {flag} 1e-4 or {flag} output_name:1e-4") from None
+        if not tol >= 0:
+            raise UsageError(f"{flag} must be a number >= 0, not {number!r}")
+        if name:
+            per_output[name] = tol
+        else:
+            default = tol
+    return default, per_output
+
+
 def compare_outputs(reference: list, candidate: list, names: list[str] | None = None, *,
-                    atol: float, rtol: float, batch: int = 2) -> ValidationReport:
-    """Compare two lists of arrays output by output."""
+                    atol: float, rtol: float, batch: int = 2, atols: dict | None = None,
+                    rtols: dict | None = None) -> ValidationReport:
+    """Compare two lists of arrays output by output; `atols`/`rtols` override per name."""
     import numpy as np
 
     names = list(names or [])
@@ -74,7 +104,11 @@ def compare_outputs(reference: list, candidate: list, names: list[str] | None = 
     rows = []
     for i, (ref, cand) in enumerate(zip(reference, candidate)):
         name = names[i] if i < len(names) and names[i] else f"output_{i}"
-        rows.append(_compare_one(name, np.asarray(ref), np.asarray(cand), atol, rtol))
+        out_atol = (atols or {}).get(name, atol)
+        out_rtol = (rtols or {}).get(name, rtol)
+        row = _compare_one(name, np.asarray(ref), np.asarray(cand), out_atol, out_rtol)
+        row.atol, row.rtol = out_atol, out_rtol
+        rows.append(row)
     if len(reference) != len(candidate):
         rows.append(OutputComparison("(output count)", (), float("inf"), float("inf"), 0.0, False,
                                      f"{len(reference)} vs {len(candidate)} outputs"))
@@ -106,15 +140,41 @@ def _compare_one(name, ref, cand, atol, rtol) -> OutputComparison:
     note = ""
     if scale < atol:
         note = f"outputs are near zero (scale {scale:.2g}); this check is weak"
-    return OutputComparison(name, tuple(ref.shape), max_abs, rel, scale, passed, note)
+    return OutputComparison(name, tuple(ref.shape), max_abs, rel, scale, passed, note,
+                            mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
+                            cosine=_cosine(ref64, cand), top1_agreement=_top1(ref64, cand))
 
 
-def check(report: ValidationReport, output_path: str | None = None) -> None:
+def _cosine(ref, cand) -> float | None:
+    import numpy as np
+
+    a, b = ref.ravel(), np.asarray(cand, np.float64).ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def is_classifier_like(shape) -> bool:
+    """Logits / probabilities: (batch, classes) with at least two classes."""
+    return len(shape) == 2 and shape[-1] >= 2
+
+
+def _top1(ref, cand) -> float | None:
+    import numpy as np
+
+    if not is_classifier_like(ref.shape):
+        return None
+    return float(np.mean(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)))
+
+
+def check(report: ValidationReport, output_path: str | None = None,
+          what: str = "the converted model's outputs differ from the source's") -> None:
     """Raise ValidationMismatch (exit code 3) when the report failed."""
     if not report.passed:
         failing = [o.name for o in report.outputs if not o.passed]
         where = f"; the output was kept at {output_path} for inspection" if output_path else ""
         raise ValidationMismatch(
-            f"the converted model's outputs differ from the source's ({', '.join(failing)}): "
+            f"{what} ({', '.join(failing)}): "
             f"max abs error {report.max_abs_error:.3g}, relative {report.max_rel_error:.3g}{where}",
             report=report, output_path=output_path)

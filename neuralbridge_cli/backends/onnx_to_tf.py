@@ -1036,7 +1036,7 @@ def _one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", text.splitlines()[0])[:300]
 
 
-def save_tflite(tf_module, path: str) -> str:
+def save_tflite(tf_module, path: str, configure=None) -> str:
     """Write a float32 .tflite of the model with a dynamic batch (run_tflite resizes it).
 
     Its `serving_default` signature takes the inputs and returns the outputs by name. TFLite
@@ -1047,7 +1047,9 @@ def save_tflite(tf_module, path: str) -> str:
     batch (needed when a While loop holds per-batch state, e.g. onnx2tf's LSTM: TFLite lowers
     tensor lists only with static element shapes); then both with TF Select ops. A file with
     Select ops needs the Flex delegate: run_tflite then uses tf.lite.Interpreter of full
-    TensorFlow; ai_edge_litert alone cannot run it."""
+    TensorFlow; ai_edge_litert alone cannot run it.
+    `configure(converter, concrete_function)` may set reduced-precision options
+    (precision.py)."""
     tf = lazy.tensorflow()
     builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
     select = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
@@ -1061,6 +1063,8 @@ def save_tflite(tf_module, path: str) -> str:
                 concrete = _tflite_function(tf, tf_module, mapped)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_module)
                 converter.target_spec.supported_ops = ops
+                if configure is not None:
+                    configure(converter, concrete)
                 with _quiet_fds():
                     blob = converter.convert()
             except Exception as exc:

@@ -567,14 +567,15 @@ def _save_saved_model(handle: ModelHandle, path: str, is_keras3: bool) -> str:
     return "savedmodel"
 
 
-def _save_tflite(handle: ModelHandle, path: str) -> str:
-    """Every TF model goes through onnx_to_tf.save_tflite (named, ordered signature)."""
+def _save_tflite(handle: ModelHandle, path: str, configure=None) -> str:
+    """Every TF model goes through onnx_to_tf.save_tflite (named, ordered signature);
+    `configure` sets reduced-precision converter options (precision.py)."""
     from . import onnx_to_tf
 
     obj = handle.obj
     if getattr(obj, "serve", None) is None or not hasattr(obj, "output_keys"):
         obj = _tflite_source(handle)
-    onnx_to_tf.save_tflite(obj, path)
+    onnx_to_tf.save_tflite(obj, path, configure)
     return "tflite"
 
 

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import ExitCode
-from . import commands, doctor
+from . import commands, doctor, trust
 from .output import SETTINGS, OneLineErrorsGroup, apply_verbosity
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ app.command("export-onnx")(commands.export_onnx)
 app.command("load")(commands.load)
 app.command("inspect")(commands.inspect)
 app.command("doctor")(doctor.doctor)
+trust.register(app)
 
 
 def main() -> None:

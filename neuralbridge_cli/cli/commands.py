@@ -37,6 +37,15 @@ def convert(
         "inputs for TF targets. [default: keep]", show_default=False)] = None,
     opset: OpsetOpt = None,
     static: StaticOpt = False,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="fp16 or int8 for --to onnx/tflite (validated against the fp32 "
+        "source with looser default tolerances). [default: fp32]", show_default=False)] = None,
+    calibration: Annotated[Optional[str], typer.Option(
+        "--calibration", help="Representative inputs (.npz/.npy) for int8 [default: seeded "
+        "inputs].", show_default=False)] = None,
+    quantization: Annotated[Optional[str], typer.Option(
+        "--quantization", help="int8 ONNX: static (calibrated QDQ), dynamic, or auto (static "
+        "for convolutional graphs). [default: auto]", show_default=False)] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Save only the weights.")] = False,
     trust_pickle: TrustPickleOpt = False,
     unsafe_keras: UnsafeKerasOpt = False,
@@ -61,7 +70,7 @@ def convert(
         validate=False if no_validate else None, save_onnx=save_onnx,
         layout=layout.value if layout else None, opset=opset, static=static,
         weights_only=weights_only, trust_pickle=trust_pickle, unsafe_keras=unsafe_keras,
-        force=force)
+        force=force, precision=precision, calibration=calibration, quantization=quantization)
     with Progress() as progress:
         options.progress = progress
         try:
@@ -111,7 +120,8 @@ def export_onnx(
             config=config, opset=opset, static=static, no_validate=no_validate,
             trust_pickle=trust_pickle, unsafe_keras=unsafe_keras, force=force,
             json_output=json_output, debug=debug, atol=None, rtol=None, save_onnx=None,
-            layout=None, weights_only=False)
+            layout=None, weights_only=False, precision=None, calibration=None,
+            quantization=None)
 
 
 @reports_errors

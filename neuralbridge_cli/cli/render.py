@@ -7,20 +7,26 @@ from rich.table import Table
 from .output import stdout
 
 
-def validation_table(report, title: str = "Validation") -> Table:
-    table = Table(title=f"{title} (batch {report.batch}, seeded inputs)", title_justify="left")
-    table.add_column("output")
-    table.add_column("shape")
-    table.add_column("max abs error", justify="right")
-    table.add_column("rel. to scale", justify="right")
-    table.add_column("scale", justify="right")
+def validation_table(report, title: str = "Validation", inputs: str = "seeded inputs",
+                     batches: str | None = None) -> Table:
+    table = Table(title=f"{title} ({batches or f'batch {report.batch}'}, {inputs})",
+                  title_justify="left")
+    for name in ("output", "shape"):
+        table.add_column(name)
+    for name in ("max abs error", "mean abs error", "rel. to scale", "scale", "cosine", "top-1"):
+        table.add_column(name, justify="right")
     table.add_column("result")
     for row in report.outputs:
         result = "[green]pass[/green]" if row.passed else "[bold red]FAIL[/bold red]"
         table.add_row(escape(row.name), "x".join(map(str, row.shape)), f"{row.max_abs_error:.3g}",
-                      f"{row.max_rel_error:.3g}", f"{row.scale:.3g}",
-                      result + (f" [dim]({row.note})[/dim]" if row.note else ""))
-    table.caption = f"pass when max abs error <= atol {report.atol:g} + rtol {report.rtol:g} x scale"
+                      f"{row.mean_abs_error:.3g}", f"{row.max_rel_error:.3g}", f"{row.scale:.3g}",
+                      "-" if row.cosine is None else f"{row.cosine:.6f}",
+                      "-" if row.top1_agreement is None else f"{row.top1_agreement:.0%}",
+                      result + (f" [dim]({escape(row.note)})[/dim]" if row.note else ""))
+    tols = {(o.atol, o.rtol) for o in report.outputs if o.atol is not None}
+    per_output = " (per output as set)" if len(tols) > 1 else ""
+    table.caption = (f"pass when max abs error <= atol {report.atol:g} + rtol {report.rtol:g} "
+                     f"x scale{per_output}")
     return table
 
 
