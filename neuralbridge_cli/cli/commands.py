@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .completion import complete_precisions, complete_quantizations
 from .output import Progress, print_json, reports_errors, stdout
 from .params import (AtolOpt, ConfigOpt, DebugOpt, DtypeOpt, ForceOpt, Framework, FromOpt,
                      InputShapeOpt, JsonOpt, Layout, ModelArgsOpt, ModelClassOpt, OpsetOpt,
@@ -39,13 +40,15 @@ def convert(
     static: StaticOpt = False,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="fp16 or int8 for --to onnx/tflite (validated against the fp32 "
-        "source with looser default tolerances). [default: fp32]", show_default=False)] = None,
+        "source with looser default tolerances). [default: fp32]", show_default=False,
+        autocompletion=complete_precisions)] = None,
     calibration: Annotated[Optional[str], typer.Option(
         "--calibration", help="Representative inputs (.npz/.npy) for int8 [default: seeded "
         "inputs].", show_default=False)] = None,
     quantization: Annotated[Optional[str], typer.Option(
         "--quantization", help="int8 ONNX: static (calibrated QDQ), dynamic, or auto (static "
-        "for convolutional graphs). [default: auto]", show_default=False)] = None,
+        "for convolutional graphs). [default: auto]", show_default=False,
+        autocompletion=complete_quantizations)] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Save only the weights.")] = False,
     trust_pickle: TrustPickleOpt = False,
     unsafe_keras: UnsafeKerasOpt = False,

@@ -27,6 +27,20 @@ def complete_formats(incomplete: str) -> list[str]:
     return [name for name in FORMATS if name.startswith(incomplete)]
 
 
+def complete_precisions(incomplete: str) -> list[str]:
+    """Values of --precision."""
+    from ..options import PRECISIONS
+
+    return [name for name in PRECISIONS if name.startswith(incomplete)]
+
+
+def complete_quantizations(incomplete: str) -> list[str]:
+    """Values of --quantization."""
+    from ..options import QUANTIZATIONS
+
+    return [name for name in QUANTIZATIONS if name.startswith(incomplete)]
+
+
 def complete_dtypes(incomplete: str) -> list[str]:
     """Values of --dtype: dtype names (also after `name:`)."""
     from ..specs import DTYPES

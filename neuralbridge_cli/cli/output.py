@@ -20,6 +20,7 @@ class Settings:
     debug: bool = False
     verbose: bool = False
     quiet: bool = False
+    json_printed: bool = False  # a command printed its JSON result: errors add no second one
 
 
 SETTINGS = Settings(debug=os.environ.get("NEURALBRIDGE_DEBUG") == "1")
@@ -46,6 +47,10 @@ stderr = _LazyConsole(stderr=True, soft_wrap=True)
 
 
 def print_json(data) -> None:
+    """One JSON object on stdout (per run: an error after a printed result adds none)."""
+    if SETTINGS.json_printed:
+        return
+    SETTINGS.json_printed = True
     sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
@@ -118,6 +123,7 @@ def reports_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        SETTINGS.json_printed = False
         if kwargs.get("debug"):
             SETTINGS.debug = True
         try:
