@@ -73,9 +73,11 @@ RtolOpt = Annotated[Optional[float], typer.Option(
 
 
 def build_options(*, config: str | None = None, input_shape=None, dtype=None, model_class=None,
-                  model_args=None, source_format=None, **fields) -> Options:
-    """Merge a config file and flags (flags win) into pipeline Options."""
-    settings = load_config(config) if config else {}
+                  model_args=None, source_format=None, settings: dict | None = None,
+                  **fields) -> Options:
+    """Merge a config file, then `settings` (a batch model's neuralbridge.toml), then flags
+    (flags win) into pipeline Options."""
+    settings = {**(load_config(config) if config else {}), **(settings or {})}
     shapes = input_shape or _as_list(settings.get("input_shape") or settings.get("input_shapes"))
     dtypes = dtype or _as_list(settings.get("dtype") or settings.get("dtypes"))
     for name in dtypes or ():
