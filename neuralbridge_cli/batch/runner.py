@@ -146,9 +146,23 @@ def _plan(model: Model, output: Path, spec: BatchSpec, options_for, index: int):
                 record={"source_sha256": digest, "settings": key, "model": model.relative})
 
 
+# rough seconds per model, by source framework and by target: the exporters' fixed costs
+# (torch's dynamo exporter, tf2onnx, onnx2tf) dwarf what the model size adds
+_SOURCE_COST = {"torch": 8.0, "tf": 2.0, "onnx": 0.2}
+_TARGET_COST = {"tf": 20.0, "keras": 20.0, "h5": 20.0, "tflite": 25.0, "torch": 5.0,
+                "torchscript": 5.0}
+
+
+def expected_cost(model: Model, target: str | None) -> float:
+    """A guess of a model's conversion time, to start the longest ones first."""
+    return (_SOURCE_COST.get(model.framework or "", 0.0) + _TARGET_COST.get(target or "", 0.0)
+            + model.size / 1e6 * 0.2)
+
+
 def _run_tasks(tasks, spec, preload, models, finish, on_event) -> None:
-    # largest first: a big model started last would leave the other workers idle at the end
-    tasks.sort(key=lambda t: -models[t.model].size)
+    # longest first: a long model started last would leave the other workers idle at the end
+    tasks.sort(key=lambda t: -expected_cost(models[t.model], t.to or DEFAULT_TARGET.get(
+        models[t.model].framework or "")))
 
     def pool_event(kind, worker, task, payload):
         slot = worker.slot if worker is not None else None
