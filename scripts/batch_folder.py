@@ -219,7 +219,40 @@ def check(root: Path, work: Path) -> dict:
     assert union == sorted(names)
     (work / "check.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
+    write_doc(figures)
     return figures
+
+
+def write_doc(f: dict) -> None:
+    """Put the figures between the check markers of docs/BATCH.md."""
+    doc_path = REPO / "docs" / "BATCH.md"
+    r1, r2, r3 = f["run1"], f["run2"], f["run3"]
+    lines = [
+        "<!-- check:start -->",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {f['models']} models "
+        f"(target ONNX, `--jobs 2`):",
+        "",
+        f"1. Full run: exit code {r1['exit_code']} in {r1['seconds']} s; counts {r1['counts']}; "
+        f"JUnit: {r1['junit']['tests']} test cases, {r1['junit']['failures']} failures. Failed, "
+        "with their reason, while the rest converted:",
+        *[f"   - `{name}`: {error}" for name, error in sorted(r1["failed"].items())],
+        f"2. A second run killed with SIGKILL once half the records existed: "
+        f"{r2['outputs_after_kill']} outputs present, {r2['records_after_kill']} with records, "
+        f"{r2['partial_tmp_files_after_kill']} hidden `.nbtmp-*` leftovers; every present output "
+        f"loaded and matched its source (max error relative to scale "
+        f"{r2['max_rel_error_of_outputs_after_kill']:.2g}). Rerun with `--skip-existing`: exit "
+        f"code {r2['rerun_exit_code']}, {r2['rerun_counts']['skipped']} skipped, "
+        f"{r2['rerun_counts']['ok']} converted, "
+        f"{r2['rerun_counts']['failed']} failed (the two broken files).",
+        f"3. `--shard 0/3`, `1/3`, `2/3` (run side by side): {r3['per_shard']} models, "
+        f"{r3['total']} in all, {r3['distinct']} distinct, every model exactly once: "
+        f"{r3['all_models']}.",
+        "<!-- check:end -->",
+    ]
+    doc = doc_path.read_text()
+    head, _, rest = doc.partition("<!-- check:start -->")
+    _, _, tail = rest.partition("<!-- check:end -->")
+    doc_path.write_text(head + "\n".join(lines) + tail)
 
 
 def _names(root: Path) -> list[str]:
