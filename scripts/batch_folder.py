@@ -3,7 +3,7 @@
     python scripts/batch_folder.py build  batch-models        # the folder only
     python scripts/batch_folder.py check  batch-models work    # done-when checks 1-3 of issue 3
 
-The folder holds 27 real models (seeded weights) plus 2 that must fail:
+The folder holds 29 real models (seeded weights) plus 2 that must fail:
   - ONNX: MLPs built with onnx.helper, small CNNs and torchvision resnet18, squeezenet1_1,
     mobilenet_v3_small
     exported with torch's TorchScript exporter;
@@ -62,6 +62,16 @@ input_shape = "1,3,32,32"
 
 ["squeezenet.pt"]
 model_class = "torchvision.models:squeezenet1_1"
+model_args = {num_classes = 10}
+input_shape = "1,3,64,64"
+
+["resnet18.pt"]
+model_class = "torchvision.models:resnet18"
+model_args = {num_classes = 10}
+input_shape = "1,3,64,64"
+
+["mobilenet_v3_small.pt"]
+model_class = "torchvision.models:mobilenet_v3_small"
 model_args = {num_classes = 10}
 input_shape = "1,3,64,64"
 
@@ -129,6 +139,8 @@ def build(root: Path) -> list[str]:
         "conv_block": torchvision.ops.Conv2dNormActivation(3, 8),
         "squeezenet": torchvision.models.squeezenet1_1(num_classes=10),
         "conv2d": torch.nn.Conv2d(3, 6, 3),
+        "resnet18": torchvision.models.resnet18(num_classes=10),
+        "mobilenet_v3_small": torchvision.models.mobilenet_v3_small(num_classes=10),
     }
     for i, (name, module) in enumerate(states.items()):
         torch.save(models.seeded_init(module, seed=i).state_dict(), torch_dir / f"{name}.pt")

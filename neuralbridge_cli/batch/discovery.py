@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import formats
 from ..errors import NeuralBridgeError, UsageError, first_line
-from ..options import CONFIG_KEYS
+from ..options import CONFIG_KEYS, check_config_keys
 
 CONFIG_NAME = "neuralbridge.toml"
 
@@ -161,18 +161,9 @@ def parse_config(path: Path) -> tuple[dict, dict]:
         if normal in CONFIG_KEYS:
             common[normal] = value
         elif isinstance(value, dict):  # a per-file table
-            tables[str(key)] = _check_keys(path, value, f"[{key!r}]")
+            tables[str(key)] = check_config_keys(value, f"{path} [{key!r}]")
         else:
             raise UsageError(f"unknown key {key!r} in {path}",
                              hint=f"known keys: {', '.join(sorted(CONFIG_KEYS))}; a table "
                                   "named after a model file applies to that model")
     return common, tables
-
-
-def _check_keys(path: Path, table: dict, where: str) -> dict:
-    normal = {str(k).replace("-", "_"): v for k, v in table.items()}
-    unknown = sorted(set(normal) - CONFIG_KEYS)
-    if unknown:
-        raise UsageError(f"unknown key(s) in {path} {where}: {', '.join(unknown)}",
-                         hint=f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
-    return normal

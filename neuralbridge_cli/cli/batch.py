@@ -14,7 +14,7 @@ from .output import SETTINGS, print_json, stderr, stdout
 PANEL = "Folder batch (SOURCE is a folder of models)"
 
 JobsOpt = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", help="Worker processes [default: number of cores].", show_default=False,
+    "--jobs", "-j", help="Worker processes (default: the number of cores).", show_default=False,
     rich_help_panel=PANEL)]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds one model may take; its worker is then killed and replaced.",
@@ -95,6 +95,7 @@ def summary_table(report):
     """The table of models (model, route, status, max error, seconds), then each failure's reason."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     counts = {k: v for k, v in report.counts().items() if v}
     table = Table(title=f"{len(report.results)} models -> {report.output} "
@@ -111,7 +112,7 @@ def summary_table(report):
             error = f"{r.max_abs_error:.2g}"
         table.add_row(escape(r.model), escape(" -> ".join(r.route)),
                       STYLE.get(r.status, "{}").format(r.status), error, f"{r.seconds:.1f}")
-    reasons = [f"[bold red]{r.status}[/bold red] {escape(r.model)}: {escape(r.error or '')}"
+    reasons = [Text.assemble((r.status, "bold red"), f" {r.model}: {r.error or ''}")
                for r in report.results if r.failed]
     return Group(table, *reasons) if reasons else table
 

@@ -34,7 +34,8 @@ class Layout(str, Enum):
 
 
 SourceArg = Annotated[str, typer.Argument(
-    help="Model file, SavedModel folder, or import path like torchvision.models:resnet18.",
+    help="Model file, SavedModel folder, import path like torchvision.models:resnet18, or a "
+    "folder of models (batch).",
     show_default=False)]
 InputShapeOpt = Annotated[Optional[List[str]], typer.Option(
     "--input-shape", "-s", help="Input shape, e.g. 1,3,224,224 or name:1,3,224,224 (repeat per "
