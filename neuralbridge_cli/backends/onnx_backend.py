@@ -1,6 +1,7 @@
 """ONNX backend: load, describe and run ONNX models. Imports neither torch nor TensorFlow."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def session(proto):
     ort = lazy.require("onnxruntime", "run ONNX models")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    threads = int(os.environ.get("NEURALBRIDGE_THREADS") or 0)
+    if threads:  # batch workers share the cores: no more threads than their share, no spinning
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = proto.SerializeToString() if proto.ByteSize() < 2**31 - 1 else None
     if data is None:
         raise LoadError("model over 2 GB: run it from its file path")

@@ -63,10 +63,12 @@ def preload_modules(frameworks: set[str], target_framework: str | None) -> list[
     return names
 
 
-def worker_main(conn, preload: list[str], quiet: bool) -> None:
+def worker_main(conn, preload: list[str], quiet: bool, threads: int = 0) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     _die_with_parent()
+    if threads:
+        _limit_threads(threads)
     if quiet:  # framework chatter (onnx2tf prints to stdout) must not reach the user's terminal
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
@@ -82,6 +84,8 @@ def worker_main(conn, preload: list[str], quiet: bool) -> None:
             lazy.require(name)
         except Exception:  # the conversion that needs it reports the real error
             pass
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     conn.send(("ready",))
     while True:
         try:
@@ -92,6 +96,22 @@ def worker_main(conn, preload: list[str], quiet: bool) -> None:
             return
         result = convert_task(task, lambda message: conn.send(("progress", task.id, message)))
         conn.send(("done", task.id, result))
+
+
+def threads_per_worker(jobs: int) -> int:
+    """Each worker's share of the cores; 0 (framework defaults) for a single worker."""
+    if jobs <= 1:
+        return 0
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _limit_threads(threads: int) -> None:
+    """Keep N workers from each starting one thread per core: oversubscribed thread pools
+    (OpenMP and onnxruntime spin while they wait) slow every worker down."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "TF_NUM_INTRAOP_THREADS", "NEURALBRIDGE_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 
 
 def convert_task(task: Task, progress) -> dict:
@@ -160,10 +180,10 @@ def _die_with_parent() -> None:
 class Worker:
     """The parent's handle on one worker process and the task it is on."""
 
-    def __init__(self, context, preload: list[str], quiet: bool, slot: int):
+    def __init__(self, context, preload: list[str], quiet: bool, slot: int, threads: int = 0):
         self.slot = slot
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_main, args=(child, preload, quiet),
+        self.process = context.Process(target=worker_main, args=(child, preload, quiet, threads),
                                        name=f"neuralbridge-worker-{slot}", daemon=True)
         self.process.start()
         child.close()
@@ -227,7 +247,7 @@ class Pool:
                 worker.stop() if worker.ready and worker.task is None else worker.kill()
 
     def _spawn(self, slot: int) -> Worker:
-        return Worker(self.context, self.preload, self.quiet, slot)
+        return Worker(self.context, self.preload, self.quiet, slot, threads_per_worker(self.jobs))
 
     def _wait_once(self) -> None:
         handles = [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
