@@ -39,6 +39,25 @@ def timed(label: str, command: list[str], **kwargs) -> dict:
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
+def _spin(n: int = 30_000_000) -> float:
+    started, total = time.perf_counter(), 0
+    for i in range(n):
+        total += i
+    return time.perf_counter() - started
+
+
+def cpu_probe() -> float:
+    """What a second process adds right now: throughput of 2 busy processes vs 1 (2.0 on two
+    idle cores; 1.0 when other jobs leave no second core)."""
+    import multiprocessing
+
+    one = _spin()
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [30_000_000] * 2)
+    return round(2 * one / (time.perf_counter() - started), 2)
+
+
 def batch_run(folder: Path, work: Path, jobs: int) -> dict:
     out, report = work / f"out-jobs{jobs}", work / f"jobs{jobs}.json"
     result = timed(f"--jobs {jobs}", [sys.executable, "-m", "neuralbridge_cli", "convert",
@@ -87,14 +106,17 @@ def main() -> None:
     from neuralbridge_cli.batch import discover
 
     count = len(discover(folder))
+    probe_before = cpu_probe()
     runs = {"jobs2": batch_run(folder, work, 2), "jobs1": batch_run(folder, work, 1),
             "loop": shell_loop(folder, work)}
+    probes = [probe_before, cpu_probe()]
     runs["loop"]["failed"] = count - runs["loop"]["ok"]
     figures = {"models": count, "cpus": os.cpu_count(), "python": platform.python_version(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
                "jobs2_vs_jobs1": round(runs["jobs1"]["seconds"] / runs["jobs2"]["seconds"], 2),
                "jobs2_vs_loop": round(runs["loop"]["seconds"] / runs["jobs2"]["seconds"], 2),
-               "jobs1_vs_loop": round(runs["loop"]["seconds"] / runs["jobs1"]["seconds"], 2)}
+               "jobs1_vs_loop": round(runs["loop"]["seconds"] / runs["jobs1"]["seconds"], 2),
+               "two_process_throughput": probes}
     (work / "bench.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
     write_doc(figures)
@@ -119,6 +141,9 @@ def write_doc(f: dict) -> None:
         f"- `--jobs 2` vs the shell loop: **{f['jobs2_vs_loop']}x** faster (target 3x)",
         f"- `--jobs 1` vs the shell loop: {f['jobs1_vs_loop']}x (imports paid once per worker "
         f"instead of once per file)",
+        f"- CPU probe (a pure-Python loop in 1 vs 2 processes, before and after the runs): 2 "
+        f"processes got {f['two_process_throughput'][0]}x and {f['two_process_throughput'][1]}x "
+        f"the throughput of one (2.0 = two free cores)",
         END])
     doc = DOC.read_text() if DOC.exists() else f"# Batch conversion\n\n{START}\n{END}\n"
     head, _, rest = doc.partition(START)
