@@ -103,10 +103,15 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a table of settings")
     data = data.get("neuralbridge", data)  # allow a [neuralbridge] table
+    return check_config_keys(data, str(path))
+
+
+def check_config_keys(data: dict, where: str) -> dict[str, Any]:
+    """Keys with dashes as underscores; a UsageError naming `where` for unknown keys."""
     normalized = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(normalized) - CONFIG_KEYS)
     if unknown:
-        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}",
+        raise UsageError(f"unknown key(s) in {where}: {', '.join(unknown)}",
                          hint=f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
     return normalized
 

@@ -7,6 +7,7 @@ relative-error checks meaningful (shared/ENVIRONMENT.md, trap 7).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 
 def seeded_init(module, seed: int = 0):
@@ -170,3 +171,48 @@ def keras_two_io(seed: int = 0):
     h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), b])
     return keras.Model([a, b], [keras.layers.Dense(3, name="o1")(h),
                                 keras.layers.Dense(2, name="o2")(h)])
+
+
+def onnx_mlp(path, sizes=(16, 32, 8), seed: int = 0):
+    """Write a seeded MLP (MatMul + Add + Relu per layer) as ONNX with a dynamic batch; no torch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, current = [], [], "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (0.01 * rng.standard_normal(n_out)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        current = f"a{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
+            current = f"r{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_custom_op(path):
+    """Write an ONNX model using an operator no runtime or converter implements."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["y"], domain="ai.neuralbridge.test")], "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.neuralbridge.test", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -1,6 +1,7 @@
 """ONNX backend: load, describe and run ONNX models. Imports neither torch nor TensorFlow."""
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -110,6 +111,10 @@ def _new_session(proto, path: str | None):
     ort = lazy.require("onnxruntime", "run ONNX models")
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: a failing run raises, with the same message
+    threads = int(os.environ.get("NEURALBRIDGE_THREADS") or 0)
+    if threads:  # batch workers share the cores: no more threads than their share, no spinning
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if byte_size(proto) < PROTOBUF_LIMIT:
         model = proto.SerializeToString()
     elif path and Path(path).is_file():

@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import batch
 from .completion import complete_precisions, complete_quantizations
 from .output import Progress, print_json, reports_errors, stdout
 from .params import (AtolOpt, ConfigOpt, DebugOpt, DtypeOpt, ForceOpt, Framework, FromOpt,
@@ -55,8 +56,17 @@ def convert(
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
+    jobs: batch.JobsOpt = None,
+    timeout: batch.TimeoutOpt = None,
+    include: batch.IncludeOpt = None,
+    exclude: batch.ExcludeOpt = None,
+    skip_existing: batch.SkipExistingOpt = False,
+    shard: batch.ShardOpt = None,
+    report: batch.ReportOpt = None,
+    junit: batch.JunitOpt = None,
 ) -> None:
-    """Convert a model to another framework and check that the numbers match.
+    """Convert a model (or every model in a folder) to another framework and check that the
+    numbers match.
 
     Examples:
 
@@ -64,16 +74,25 @@ def convert(
       neuralbridge convert resnet18.pt --model-class torchvision.models:resnet18 --to tf
       neuralbridge convert model.keras --to torch -o model.pt2
       neuralbridge convert model.onnx --to tflite --input-shape 1,3,224,224
+      neuralbridge convert models/ --to onnx -o out/ --jobs 2 --junit report.xml
     """
+    from ..batch.discovery import is_batch_source
     from ..pipeline import AUTO, convert as run_convert
 
-    options = build_options(
+    flags = dict(
         config=config, input_shape=input_shape, dtype=dtype, model_class=model_class,
         model_args=model_args, source_format=source_format, atol=atol, rtol=rtol,
         validate=False if no_validate else None, save_onnx=save_onnx,
         layout=layout.value if layout else None, opset=opset, static=static,
         weights_only=weights_only, trust_pickle=trust_pickle, unsafe_keras=unsafe_keras,
         force=force, precision=precision, calibration=calibration, quantization=quantization)
+    batch_flags = dict(jobs=jobs, timeout=timeout, include=include, exclude=exclude,
+                       skip_existing=skip_existing, shard=shard, report=report, junit=junit)
+    if is_batch_source(source):
+        return batch.convert_folder(source, to.value if to else None, output, flags,
+                                    json_output=json_output, **batch_flags)
+    batch.check_single(**batch_flags)
+    options = build_options(**flags)
     with Progress() as progress:
         options.progress = progress
         try:

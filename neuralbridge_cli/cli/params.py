@@ -35,7 +35,8 @@ class Layout(str, Enum):
 
 
 SourceArg = Annotated[str, typer.Argument(
-    metavar="SOURCE", help="Model file, SavedModel folder, or import path like torchvision.models:resnet18.",
+    metavar="SOURCE", help="Model file, SavedModel folder, import path like "
+    "torchvision.models:resnet18, or a folder of models (batch).",
     show_default=False)]
 InputShapeOpt = Annotated[Optional[List[str]], typer.Option(
     "--input-shape", "-s", help="Input shape, e.g. 1,3,224,224 or name:1,3,224,224 (repeat per "
@@ -75,9 +76,11 @@ RtolOpt = Annotated[Optional[float], typer.Option(
 
 
 def build_options(*, config: str | None = None, input_shape=None, dtype=None, model_class=None,
-                  model_args=None, source_format=None, **fields) -> Options:
-    """Merge a config file and flags (flags win) into pipeline Options."""
-    settings = load_config(config) if config else {}
+                  model_args=None, source_format=None, settings: dict | None = None,
+                  **fields) -> Options:
+    """Merge a config file, then `settings` (a batch model's neuralbridge.toml), then flags
+    (flags win) into pipeline Options."""
+    settings = {**(load_config(config) if config else {}), **(settings or {})}
     shapes = input_shape or _as_list(settings.get("input_shape") or settings.get("input_shapes"))
     dtypes = dtype or _as_list(settings.get("dtype") or settings.get("dtypes"))
     for name in dtypes or ():
