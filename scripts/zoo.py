@@ -228,8 +228,6 @@ def run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
     failed_files = set()
     for route, args, needs in plan:
         if (model.name, route) in done:
-            if not done[(model.name, route)].get("exit") == 0:
-                failed_files.add(args[args.index("-o") + 1])
             continue
         if needs in failed_files:
             row = {"exit": -1, "reason": f"skipped: its input {needs} was not produced"}
@@ -327,7 +325,9 @@ def main() -> None:
     results_path = WORK / "results.jsonl"
     if not (args.resume or args.report_only) and results_path.exists():
         results_path.unlink()
-    results = load_results(results_path)
+    # --resume keeps the conversions that passed; failed ones are tried again
+    results = {k: v for k, v in load_results(results_path).items()
+               if v.get("exit") == 0 or args.report_only}
 
     def log(model: ZooModel, route: str, row: dict) -> None:
         row = {"model": model.name, "route": route, **row}
