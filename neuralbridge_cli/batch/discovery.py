@@ -45,10 +45,17 @@ def is_savedmodel_dir(path: Path) -> bool:
                               or (path / "saved_model.pbtxt").exists())
 
 
+# what a SavedModel folder holds besides saved_model.pb: with one of these but no .pb, the
+# folder is a broken SavedModel (reported as such), not a folder of models
+SAVEDMODEL_PARTS = ("variables", "assets", "fingerprint.pb", "keras_metadata.pb")
+
+
 def is_batch_source(source: str) -> bool:
-    """True when `source` is a folder of models (a folder that is not itself a SavedModel)."""
+    """True when `source` is a folder of models (not a SavedModel, whole or broken)."""
     path = Path(source)
-    return path.is_dir() and not is_savedmodel_dir(path)
+    if not path.is_dir() or is_savedmodel_dir(path):
+        return False
+    return not any((path / part).exists() for part in SAVEDMODEL_PARTS)
 
 
 def discover(root: str | Path, include: list[str] | None = None,

@@ -55,7 +55,13 @@ def convert_folder(source: str, to: str | None, output: str | None, option_flags
     from ..batch.reports import write_json, write_junit
     from .params import build_options
 
+    from ..batch.discovery import discover
+
     report_path, junit_path = report, junit
+    if not discover(source, include or [], exclude or []):
+        raise UsageError(f"no models found in {source}: none of its files is a model, and a "
+                         "folder without saved_model.pb is not a SavedModel",
+                         hint="check the path, or --include/--exclude")
     if not output:
         raise UsageError(f"{source} is a folder: pass -o OUTDIR for the converted models")
     if option_flags.get("save_onnx"):

@@ -172,6 +172,7 @@ class OneLineErrorsGroup(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         argv = list(sys.argv[1:] if args is None else args)
+        SETTINGS.json_printed = False
         try:
             code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except _CLICK_ERROR as exc:
