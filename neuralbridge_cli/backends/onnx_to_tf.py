@@ -306,8 +306,11 @@ def _tfconverted_class():
                 serve, variables = None, list(concrete.variables)
             if serve is not None:
                 self.serve = serve
-            known = {id(v) for v in self.model_variables}
-            self.model_variables.extend(v for v in variables if id(v) not in known)
+            # Keras variables wrap a tf.Variable, which is what the traced graph captures:
+            # compare the underlying ones, or each weight is saved twice
+            known = {id(_tf_variable(v)) for v in self.model_variables}
+            self.model_variables.extend(v for v in variables
+                                        if id(_tf_variable(v)) not in known)
 
         def __call__(self, *args):
             if len(args) != len(self.input_signature):
@@ -326,6 +329,12 @@ def _tfconverted_class():
 
     _TFCONVERTED = TFConverted
     return TFConverted
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (itself for a plain tf.Variable)."""
+    inner = getattr(variable, "_value", None)
+    return inner if inner is not None and hasattr(inner, "handle") else variable
 
 
 def _lift_captures(tf, concrete, signature):
