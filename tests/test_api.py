@@ -96,3 +96,23 @@ def test_keras_imported_before_neuralbridge_does_not_crash(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "GraphModule" in proc.stdout
+
+
+def test_tf_results_convert_back_to_torch(tmp_path):
+    """What convert_model / load_as_tf / tf.saved_model.load return converts back: the live
+    converted module (its variables do not freeze in place), the loaded `serve` function
+    (which alone would not keep the restored variables alive) and the loaded object."""
+    import tensorflow as tf
+    import torch
+
+    model = models.small_cnn()
+    x = models.seeded_input((3, 3, 32, 32), seed=5)
+    with torch.no_grad():
+        want = model(x).numpy()
+    live = convert_model(model, input_shape=(1, 3, 32, 32), save=tmp_path / "cnn.savedmodel")
+    for tf_side in (live, load_as_tf(tmp_path / "cnn.savedmodel"),
+                    tf.saved_model.load(str(tmp_path / "cnn.savedmodel"))):
+        back = convert_model(tf_side)
+        assert isinstance(back, torch.nn.Module)
+        with torch.no_grad():
+            assert models.rel_error(back(x), want) < 1e-5

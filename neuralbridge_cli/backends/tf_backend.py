@@ -139,6 +139,10 @@ def saved_model_handle(loaded, source: str | None) -> ModelHandle:
     handle = ModelHandle("tf", runner, "savedmodel", name, inputs=inputs, outputs=outputs,
                          source=source)
     handle.saved_object = loaded
+    try:  # the function alone does not keep the restored variables alive (load_as_tf)
+        runner._nb_saved_model = loaded
+    except AttributeError:
+        pass
     return handle
 
 
@@ -248,13 +252,23 @@ def wrap(obj, name=None, source=None, fmt="live"):
         handle = keras_handle(obj, fmt, source)
         handle.name = name or type(obj).__name__
         return handle
-    if tf is not None and isinstance(obj, tf.Module):
+    if tf is None:
+        return None
+    owner = getattr(obj, "_nb_saved_model", None)  # the `serve` that load_as_tf returned
+    if owner is not None:
+        return saved_model_handle(owner, source)
+    if isinstance(obj, tf.Module) or hasattr(obj, "signatures"):  # also tf.saved_model.load()
         if _serving_signature(obj) is not None:
             return saved_model_handle(obj, source)
         specs = _module_call_specs(obj)
         if specs is not None:
             return ModelHandle("tf", obj, fmt, name or type(obj).__name__, inputs=specs,
                                source=source)
+    signature = getattr(obj, "input_signature", None)
+    if signature and callable(obj):  # a tf.function (e.g. a loaded SavedModel's `serve`)
+        specs = [_tf_spec(s, s.name or f"input_{i}") for i, s in enumerate(signature)]
+        return ModelHandle("tf", obj, fmt, name or getattr(obj, "__name__", "function"),
+                           inputs=specs, source=source)
     return None
 
 
@@ -314,6 +328,10 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
         strategies = ("tflite",)
     elif keras is not None and isinstance(handle.obj, keras.Model):
         strategies = ("function", "frozen-graph")
+    elif handle.format == "live" and isinstance(handle.obj, _tf().Module):
+        # a live tf.Module (one of ours, returned by convert_model, included): its variables
+        # do not freeze in place, but do once written and loaded back as a SavedModel
+        strategies = ("saved-model", "frozen-graph", "function")
     else:
         strategies = ("frozen-graph", "function")
     errors = []
@@ -356,8 +374,25 @@ def _tf2onnx_tflite(tf2onnx, handle, specs, opset):
     return tf2onnx.convert.from_tflite(handle.obj.path, opset=opset)[0]
 
 
+def _tf2onnx_saved_model(tf2onnx, handle, specs, opset):
+    """A live tf.Module through a temporary SavedModel, then frozen like a SavedModel file."""
+    import tempfile
+
+    tf = _tf()
+    with tempfile.TemporaryDirectory(prefix="nb-tf-module-") as folder:
+        path = str(Path(folder) / "model")
+        if hasattr(handle.obj, "output_keys"):  # our converted modules: named signature
+            from .onnx_to_tf import save_saved_model
+
+            save_saved_model(handle.obj, path)
+        else:
+            tf.saved_model.save(handle.obj, path)
+        reloaded = saved_model_handle(tf.saved_model.load(path), path)
+        return _tf2onnx_frozen(tf2onnx, reloaded, specs, opset)
+
+
 _TF2ONNX_STRATEGIES = {"function": _tf2onnx_function, "frozen-graph": _tf2onnx_frozen,
-                       "tflite": _tf2onnx_tflite}
+                       "tflite": _tf2onnx_tflite, "saved-model": _tf2onnx_saved_model}
 
 
 def _check_graph_inputs(proto, specs) -> None:
