@@ -94,16 +94,38 @@ def target_from_suffix(output: str) -> str | None:
     return by_suffix.get(suffix)
 
 
-def _check_suffix(output: str, to: str | None) -> None:
+EXACT_SUFFIX_TARGETS = ("onnx", "keras", "h5", "tflite")  # a file named so must be that
+WEIGHTS_ONLY_TARGETS = ("torch", "torchscript", "keras", "h5")
+
+
+def _check_suffix(output: str, to: str | None, weights_only: bool = False) -> None:
     """Refuse `--to torch -o model.onnx`: the file would not load as what its name says."""
-    by_suffix = target_from_suffix(output)
-    if not to or not by_suffix or to not in TARGETS:
+    if not to or to not in TARGETS:
         return
-    wanted, named = TARGETS[to], TARGETS[by_suffix]
-    if wanted.framework != named.framework or (wanted.name in ("onnx", "keras", "h5", "tflite")
-                                                and wanted.name != named.name):
+    wanted = TARGETS[to]
+    if weights_only:
+        _check_weights_only(output, wanted)
+        return
+    by_suffix = target_from_suffix(output)
+    if not by_suffix:
+        return
+    named = TARGETS[by_suffix]
+    if wanted.framework != named.framework or (wanted.name != named.name and (
+            wanted.name in EXACT_SUFFIX_TARGETS or named.name in EXACT_SUFFIX_TARGETS)):
         raise UsageError(f"the output name {output} says {named.name}, but the target is "
                          f"{wanted.name}", hint=f"name it *{wanted.suffix} or change --to")
+
+
+def _check_weights_only(output: str | None, target: Target) -> None:
+    """--weights-only writes a torch state dict or a Keras `.weights.h5`; nothing else."""
+    if target.name not in WEIGHTS_ONLY_TARGETS:
+        raise UsageError(f"--weights-only writes a PyTorch state dict (--to torch) or Keras "
+                         f"weights (--to keras or h5), not {target.name}",
+                         hint="drop --weights-only to write the whole model")
+    if target.framework == "tf" and output and not str(output).endswith(".weights.h5"):
+        stem = Path(str(output)).name.split(".")[0]
+        raise UsageError(f"Keras weights files are named *.weights.h5, not {output}",
+                         hint=f"-o {stem}.weights.h5")
 
 
 def load_source(source: Any, options: Options) -> ModelHandle:
@@ -205,18 +227,21 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     if output and output != AUTO:
         check_output(output, options.force)
         to = to or target_from_suffix(output)
-        _check_suffix(output, to)
+        _check_suffix(output, to, options.weights_only)
     if options.save_onnx:
         check_output(options.save_onnx, options.force)
     handle = load_source(source, options)
     target = target_for(to, handle.framework)
     require_route(handle.framework, target.name)  # a missing framework: say so before working
+    if options.weights_only:
+        _check_weights_only(None if output == AUTO else output, target)
     if options.precision != "fp32":
         from .precision import prepare
 
         prepare(options, target.name)
     if output == AUTO:
-        output = str(check_output(default_output(handle.name, source, target), options.force))
+        output = str(check_output(default_output(handle.name, source, target,
+                                                 options.weights_only), options.force))
     if output and isinstance(source, (str, Path)) and Path(output).exists() and \
             Path(output).resolve() == Path(str(source)).resolve():
         raise UsageError(f"the output {output} is the source itself", hint="choose another -o")
@@ -386,11 +411,14 @@ def _reload(output: str, target: Target, converted: ModelHandle, options) -> Mod
     return handle
 
 
-def default_output(handle_name: str, source: Any, target: Target) -> str:
+def default_output(handle_name: str, source: Any, target: Target,
+                   weights_only: bool = False) -> str:
     """`<stem><suffix>` in the working folder: a file's stem, or the model's class name."""
     if isinstance(source, (str, Path)) and not formats.is_import_path(str(source)):
         stem = Path(str(source).rstrip("/")).name
         stem = stem.split(".")[0] or stem
     else:
         stem = handle_name
+    if weights_only and target.framework == "tf":
+        return f"{stem}.weights.h5"  # Keras names weights files so
     return f"{stem}{target.suffix}"

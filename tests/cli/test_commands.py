@@ -205,3 +205,37 @@ def test_pickled_pt2_weights_and_forced_pickle_format_are_refused(workdir):
     assert result.exit_code == 1 and "--trust-pickle" in one_line_error(result)
     assert not marker.exists()
     assert not (workdir / "evil.onnx").exists()
+
+
+def test_keras_weights_only_writes_a_weights_file_that_loads(workdir):
+    import keras
+    import torch
+
+    torch.save(models.small_cnn().state_dict(), "cnn.pt")
+    base = ["convert", "cnn.pt", "--model-class", "models:small_cnn", "--input-shape",
+            "1,3,32,32", "--to", "keras"]
+    refused = invoke(*base, "--weights-only", "-o", "w.keras")
+    assert refused.exit_code == 2 and "-o w.weights.h5" in one_line_error(refused)
+    assert invoke(*base, "--weights-only", "-o", "w.weights.h5").exit_code == 0
+    assert invoke(*base, "-o", "full.keras").exit_code == 0
+    full = keras.saving.load_model("full.keras")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32")
+    want = np.asarray(full(x))
+    for w in full.weights:  # the weights file alone restores them
+        w.assign(np.zeros(w.shape, w.dtype))
+    full.load_weights("w.weights.h5")
+    assert np.abs(np.asarray(full(x)) - want).max() < 1e-6
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--to", "tf", "--weights-only"], "not tf"),
+    (["--to", "tf", "-o", "r.keras"], "says keras"),
+])
+def test_outputs_that_would_not_load_as_named_are_refused(workdir, args, phrase):
+    import torch
+
+    torch.save(models.small_cnn().state_dict(), "cnn.pt")
+    result = invoke("convert", "cnn.pt", "--model-class", "models:small_cnn", *args)
+    assert result.exit_code == 2
+    assert phrase in one_line_error(result)
+    assert sorted(p.name for p in workdir.iterdir()) == ["cnn.pt"]
