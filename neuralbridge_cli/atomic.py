@@ -18,7 +18,9 @@ from . import interrupts
 from .errors import ConversionError, OutputExistsError, UsageError
 
 TMP_PREFIX = ".nbtmp-"
-_TMP_RE = re.compile(r"^\.nbtmp-[0-9a-f]{8}-")
+# .nbtmp-<random>-p<pid>-<name>: the pid lets a later run remove what a killed one left
+_TMP_RE = re.compile(r"^\.nbtmp-[0-9a-f]{8}-(?:p(\d+)-)?")
+_OLD_RE = re.compile(r"^\.nbold-[0-9a-f]{8}-p(\d+)-")
 
 
 def check_output(path: str | Path, force: bool) -> Path:
@@ -91,7 +93,8 @@ def atomic_output(path: str | Path, force: bool = False):
     path = Path(path)
     check_output(path, force)
     # same folder (atomic rename) and same suffix (savers check it: .keras, .pt2, .h5)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-p{os.getpid()}-{path.name}")
     interrupts.track(tmp)
     try:
         try:
@@ -116,13 +119,45 @@ def atomic_output(path: str | Path, force: bool = False):
         interrupts.untrack(tmp)
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries that a killed run (SIGKILL, a lost machine) left for `path`:
+    those whose writing process no longer exists. A live writer's files are left alone."""
+    removed = []
+    folder = path.parent if str(path.parent) else Path(".")
+    for pattern, regex in ((f"{TMP_PREFIX}*-{path.name}*", _TMP_RE),
+                           (f".nbold-*-{path.name}", _OLD_RE)):
+        for leftover in folder.glob(pattern):
+            match = regex.match(leftover.name)
+            if match and match.group(1) and not _alive(int(match.group(1))) \
+                    and final_name_of(leftover, regex).startswith(path.name):
+                remove(leftover)
+                removed.append(leftover)
+    return removed
+
+
+def final_name_of(leftover: Path, regex: re.Pattern) -> str:
+    return regex.sub("", leftover.name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _side_files(tmp: Path) -> list[Path]:
     return [p for p in tmp.parent.glob(f"{tmp.name}*") if p != tmp]
 
 
 def _replace(tmp: Path, path: Path) -> None:
     if path.exists() and (path.is_dir() or tmp.is_dir()):
-        backup = path.with_name(f".nbold-{uuid.uuid4().hex[:8]}-{path.name}")
+        backup = path.with_name(f".nbold-{uuid.uuid4().hex[:8]}-p{os.getpid()}-{path.name}")
         os.replace(path, backup)
         try:
             os.replace(tmp, path)

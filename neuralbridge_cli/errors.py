@@ -80,6 +80,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip() or type(exc).__name__
     lines = [ln for ln in text.splitlines() if ln.strip()]
     line = lines[0] if lines else text
+    # a first line that only announces what follows (onnxruntime's "invalid dimensions ... for
+    # the following indices") is useless alone: take the detail lines with it
+    for more in lines[1:4]:
+        if not line.rstrip().endswith((":", "indices")):
+            break
+        line = f"{line.rstrip()} {more.strip()}"
     # torch's request for feedback is not about the user's model
     line = line.split("(Could this error message be improved?")[0].rstrip()
     return line[:limit]

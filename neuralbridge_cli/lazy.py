@@ -31,8 +31,8 @@ EXTRA_FOR_MODULE = {
     "tf_keras": "tensorflow",
     "tf2onnx": "tensorflow",
     "onnx2tf": "tensorflow",
-    "onnx": "onnx",
-    "onnxruntime": "onnx",
+    "onnx": "all",  # core dependencies: a reinstall with any extra brings them back
+    "onnxruntime": "all",
     "safetensors": "torch",
     "onnxconverter_common": "trust",
     "matplotlib": "trust",

@@ -4,6 +4,7 @@ Every entry point (CLI commands and the Python API) goes through these functions
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,7 +60,14 @@ class ConversionResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def converted_inputs(self) -> list[TensorSpec]:
+        """The converted model's inputs: the source's, permuted where it takes NHWC."""
+        perms = getattr(self.target, "input_perms", None) or {}
+        return [replace(s, shape=tuple(s.shape[p] for p in perms[i])) if i in perms else s
+                for i, s in enumerate(self.source.inputs or [])]
+
     def as_dict(self) -> dict:
+        perms = getattr(self.target, "input_perms", None) or {}
         return {
             "source": {"path": self.source.source, "format": self.source.format,
                        "framework": self.source.framework, "name": self.source.name},
@@ -68,7 +76,9 @@ class ConversionResult:
             "saved_format": self.saved_format,
             "route": self.route,
             "strategy": self.strategy,
+            "layout": "nhwc" if perms else "keep",
             "inputs": [s.as_dict() for s in self.source.inputs or []],
+            "converted_inputs": [s.as_dict() for s in self.converted_inputs()],
             "validation": self.report.as_dict() if self.report else None,
             "onnx": self.onnx_path,
             "seconds": round(self.seconds, 3),
@@ -198,16 +208,26 @@ def run_model(handle: ModelHandle, arrays: list) -> list:
     except Exception as exc:
         shapes = ", ".join(f"{s.name}{list(a.shape)} {a.dtype}" for s, a in
                            zip(handle.inputs or [], arrays))
+        message = first_line(exc)
         raise ConversionError(f"running {handle.name} ({handle.framework}) on {shapes} failed: "
-                              f"{first_line(exc)}",
-                              hint="check --input-shape / --dtype") from exc
+                              f"{message}", hint=_run_failure_hint(message)) from exc
+
+
+def _run_failure_hint(message: str) -> str:
+    """Point at the input flags only when the runtime complained about inputs."""
+    if re.search(r"dimension|shape|rank|dtype|data type|type \(|size mismatch|expected",
+                 message, re.IGNORECASE):
+        return "check --input-shape / --dtype"
+    return "run again with --debug for the full error"
+
 
 
 def validate(reference: list, candidate: ModelHandle, arrays: list, names, options: Options,
              label: str = "") -> ValidationReport:
     outputs = run_model(candidate, arrays)
+    batch = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else DEFAULT_BATCH
     report = compare_outputs(reference, outputs, names, atol=options.atol, rtol=options.rtol,
-                             batch=DEFAULT_BATCH)
+                             batch=batch)
     report.candidate = label
     return report
 

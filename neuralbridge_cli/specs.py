@@ -21,6 +21,7 @@ DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16",
 # Sizes used to fill dimensions that are unknown in a spec (batch 2, not 1:
 # a dimension of size 1 is easily frozen or broadcast by an exporter).
 DEFAULT_BATCH = 2
+STATIC_BATCH = 1  # --static with no batch given: what deployment runtimes expect
 DEFAULT_SEQUENCE = 16
 DEFAULT_IMAGE_SIZE = 224
 MAX_DUMMY_ELEMENTS = 2**28  # 1 GiB of float32 per input: beyond it, a shape is a typo
@@ -210,9 +211,10 @@ def dummy_inputs(specs: Iterable[TensorSpec], batch: int = DEFAULT_BATCH, seed: 
 
 def fixed_batch(specs: Sequence[TensorSpec], static: bool,
                 keep: Sequence[bool] = ()) -> list[TensorSpec]:
-    """Batch dim dynamic unless --static (then the concrete shape is kept). `keep[i]` marks
-    inputs whose batch the model itself fixes (an ONNX/TF graph with batch 1): left as is."""
+    """Batch dim dynamic unless --static (then the concrete shape is kept, an unknown batch
+    becoming STATIC_BATCH). `keep[i]` marks inputs whose batch the model itself fixes (an
+    ONNX/TF graph with batch 1): left as is."""
     if static:
-        return [replace(s, shape=s.concrete_shape(DEFAULT_BATCH)) for s in specs]
+        return [replace(s, shape=s.concrete_shape(STATIC_BATCH)) for s in specs]
     return [s if i < len(keep) and keep[i] else s.with_dynamic_batch()
             for i, s in enumerate(specs)]

@@ -41,3 +41,31 @@ def test_existing_output_needs_force_and_folder_must_exist(tmp_path):
         check_output(existing, force=False)
     with pytest.raises(UsageError, match="does not exist"):
         check_output(tmp_path / "missing" / "m.onnx", force=False)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_live_ones_kept(tmp_path):
+    import os
+
+    dead = _dead_pid()
+    killed = tmp_path / f".nbtmp-0123abcd-p{dead}-m.onnx"
+    killed_data = tmp_path / f".nbtmp-0123abcd-p{dead}-m.onnx.data"
+    killed_folder = tmp_path / f".nbtmp-4567abcd-p{dead}-m.onnx"
+    other_model = tmp_path / f".nbtmp-89abcdef-p{dead}-other-m.onnx"
+    live = tmp_path / f".nbtmp-fedcba98-p{os.getppid()}-m.onnx"
+    for path in (killed, killed_data, other_model, live):
+        path.write_bytes(b"partial")
+    killed_folder.mkdir()
+    with atomic_output(tmp_path / "m.onnx") as tmp:
+        tmp.write_bytes(b"new")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["m.onnx", other_model.name, live.name])

@@ -89,6 +89,9 @@ def test_layout_nhwc_takes_channels_last(workdir):
     module = models.small_cnn()
     result = convert("models:small_cnn", "tf", "nhwc.savedmodel", Options(layout="nhwc"))
     assert result.report.passed and result.target.input_perms == {0: (0, 2, 3, 1)}
+    report = result.as_dict()
+    assert report["layout"] == "nhwc" and report["inputs"][0]["shape"] == [None, 3, 224, 224]
+    assert report["converted_inputs"][0]["shape"] == [None, 224, 224, 3]
     x = seeded((2, 3, 224, 224))
     got = run_plain("tf", workdir / "nhwc.savedmodel", [np.ascontiguousarray(x.transpose(0, 2, 3, 1))],
                     workdir)

@@ -62,8 +62,8 @@ UnsafeKerasOpt = Annotated[bool, typer.Option(
     "--unsafe-keras", help="Allow Keras Lambda layers (runs code stored in the file).")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for export.",
                                                  show_default=False)]
-StaticOpt = Annotated[bool, typer.Option("--static", help="Fix the batch dimension instead of "
-                                                          "keeping it dynamic.")]
+StaticOpt = Annotated[bool, typer.Option("--static", help="Fix the batch dimension (at the "
+                                   "--input-shape batch, else 1) instead of keeping it dynamic.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]

@@ -52,6 +52,7 @@ def conversion(result) -> None:
         stdout.print("[yellow]layout: the converted model takes channels-last (NHWC) inputs "
                      "for: " + ", ".join(src.inputs[i].name for i in result.target.input_perms)
                      + "[/yellow]")
+        stdout.print(specs_table("Inputs of the converted model", result.converted_inputs()))
     if result.report is not None:
         stdout.print(validation_table(result.report))
     else:
