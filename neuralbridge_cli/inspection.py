@@ -34,7 +34,8 @@ def inspect_model(source: str, options: Options | None = None) -> dict:
     info.update(module.describe(handle))
     inputs = module.input_specs(handle) if handle.framework != "torch" else _torch_inputs(handle)
     info["inputs"] = [s.as_dict() for s in inputs or []]
-    info["outputs"] = [s.as_dict() for s in handle.outputs or []]
+    outputs = handle.outputs or (_torch_outputs(handle, inputs) if inputs else None)
+    info["outputs"] = [s.as_dict() for s in outputs or []]
     if fmt.name == "tflite":
         info["parameters"] = _tflite_parameters(source)
     info["notes"] = list(handle.notes)
@@ -51,6 +52,27 @@ def _torch_inputs(handle):
         return backend("torch").input_specs(handle)
     except Exception:  # inspect reports what it can; a model without a known first layer is fine
         return None
+
+
+def _torch_outputs(handle, inputs) -> list[TensorSpec] | None:
+    """A PyTorch module records no output specs: run it once on seeded inputs (batch 2) and
+    report what came out, the batch dimension shown as dynamic when it followed the input's."""
+    from .pipeline import _default_output_names, run_model
+    from .specs import DEFAULT_BATCH, dummy_inputs
+
+    if handle.framework != "torch" or any(None in s.shape[1:] for s in inputs):
+        return None
+    try:
+        results = run_model(handle, dummy_inputs(inputs, DEFAULT_BATCH))
+    except Exception:  # inspect reports what it can
+        return None
+    specs = []
+    for name, value in zip(_default_output_names(len(results)), results):
+        shape = tuple(getattr(value, "shape", ()))
+        batch_follows = shape and shape[0] == DEFAULT_BATCH and inputs[0].shape[:1] == (None,)
+        specs.append(TensorSpec(name, ((None,) + shape[1:]) if batch_follows else shape,
+                                str(getattr(value, "dtype", "object"))))
+    return specs
 
 
 def _torchscript_inputs(module) -> list[TensorSpec]:

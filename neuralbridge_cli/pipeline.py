@@ -279,6 +279,7 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     result = ConversionResult(handle, handle, target.name, notes=list(handle.notes))
     converted, proto = _route(handle, target, specs, arrays, reference, names, options, result)
     result.target = converted
+    result.notes += _layout_notes(options, target, converted)
     save_onnx = _onnx_writer(proto, options, result) \
         if options.save_onnx and proto is not None else None
     if output:
@@ -293,6 +294,17 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     if options.validate and result.report is not None:
         check(result.report, result.output)
     return result
+
+
+def _layout_notes(options: Options, target: Target, converted: ModelHandle) -> list[str]:
+    """Say when --layout nhwc changed nothing, rather than ignore the flag silently."""
+    if options.layout != "nhwc" or converted.input_perms:
+        return []
+    if target.framework != "tf":
+        return [f"--layout nhwc applies to TensorFlow targets (tf, keras, h5, tflite); the "
+                f"{target.name} model keeps the source's layout"]
+    return ["--layout nhwc changed nothing: no input of this route is a channels-first image "
+            "batch (rank 4)"]
 
 
 def _onnx_writer(proto, options: Options, result: ConversionResult):

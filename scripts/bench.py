@@ -30,7 +30,8 @@ WORK = ROOT / "bench-out"
 # Every command runs as in an activated venv: onnx2tf's default run calls the `onnxsim`
 # executable, which it finds only on PATH (without it, onnx2tf skips that step silently).
 ACTIVATED = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
-             "PYTHONPATH": str(ROOT / "tests")}
+             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"),
+                                            os.environ.get("PYTHONPATH", "")])}
 NOT_ACTIVATED = {**ACTIVATED, "PATH": os.pathsep.join(
     p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN_DIR)}
 MODELS = {  # name -> (import path, model args) for `neuralbridge convert`

@@ -18,6 +18,7 @@ nothing but `torch` (a `torch.export` .pt2, or TorchScript as the fallback).
 """
 from __future__ import annotations
 
+import keyword
 import logging
 import math
 import re
@@ -913,6 +914,24 @@ def _remove_dead(model) -> None:
 # --------------------------------------------------------------------------------------
 # conversion
 # --------------------------------------------------------------------------------------
+def _name_inputs(module, proto) -> None:
+    """onnx2torch calls forward's arguments input_1, input_2...: give them the ONNX input
+    names, so that a saved .pt2 of a model that took `x` still takes `x`."""
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in initializers]
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(names) != len(placeholders):
+        return
+    try:
+        for node, name in zip(placeholders, names):
+            if name.isidentifier() and not keyword.iskeyword(name) and name != node.name:
+                node._rename(name)  # the graph's namespace picks a free variant if taken
+                node.target = node.name
+        module.recompile()
+    except Exception as exc:  # cosmetic: the module works with onnx2torch's names
+        _LOG.debug("could not rename the inputs: %s", exc)
+
+
 def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None = None):
     """ONNX ModelProto -> torch.nn.Module (a torch.fx.GraphModule), in eval mode.
 
@@ -949,6 +968,7 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
         rewritten = 0
     if rewritten:
         say(f"replaced {rewritten} shape-reading onnx2torch modules by export-friendly ones")
+    _name_inputs(module, prepared)
     module.eval()
     with torch.no_grad():
         for param in module.parameters():
