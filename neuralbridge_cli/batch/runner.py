@@ -14,7 +14,7 @@ from . import manifest
 from .discovery import Model, discover
 from .reports import FAILED, SKIPPED, BatchReport, ModelResult
 from .shard import in_shard, parse_shard
-from .workers import Pool, Task, preload_modules
+from .workers import BASE_MODULES, Pool, Task, preload_modules
 
 
 @dataclass
@@ -90,10 +90,7 @@ def run_batch(spec: BatchSpec, options_for: Callable[[dict], object],
         else:
             tasks.append(task)
     if tasks:
-        frameworks = {m.framework for m in mine if m.framework}
-        target_fw = target_for(spec.to, "onnx").framework if spec.to else None
-        _run_tasks(tasks, spec, preload_modules(frameworks, target_fw), {m.relative: m for m in mine},
-                   finish, on_event)
+        _run_tasks(tasks, spec, {m.relative: m for m in mine}, finish, on_event)
     report.results = [results[m.relative] for m in mine]
     report.seconds = time.perf_counter() - started
     return report
@@ -146,9 +143,10 @@ def _plan(model: Model, output: Path, spec: BatchSpec, options_for, index: int):
                 record={"source_sha256": digest, "settings": key, "model": model.relative})
 
 
-# rough seconds per model, by source framework and by target: the exporters' fixed costs
-# (torch's dynamo exporter, tf2onnx, onnx2tf) dwarf what the model size adds
-_SOURCE_COST = {"torch": 8.0, "tf": 2.0, "onnx": 0.2}
+# rough seconds per model here (measured on the scripts/batch_folder.py models, imports
+# excluded), by source framework and by target: the exporters' fixed costs (torch's dynamo
+# exporter, tf2onnx, onnx2tf) dwarf what the model size adds
+_SOURCE_COST = {"torch": 2.0, "tf": 0.5, "onnx": 0.2}
 _TARGET_COST = {"tf": 20.0, "keras": 20.0, "h5": 20.0, "tflite": 25.0, "torch": 5.0,
                 "torchscript": 5.0}
 
@@ -156,13 +154,19 @@ _TARGET_COST = {"tf": 20.0, "keras": 20.0, "h5": 20.0, "tflite": 25.0, "torch": 
 def expected_cost(model: Model, target: str | None) -> float:
     """A guess of a model's conversion time, to start the longest ones first."""
     return (_SOURCE_COST.get(model.framework or "", 0.0) + _TARGET_COST.get(target or "", 0.0)
-            + model.size / 1e6 * 0.2)
+            + model.size / 1e6 * 0.07)
 
 
-def _run_tasks(tasks, spec, preload, models, finish, on_event) -> None:
+def _run_tasks(tasks, spec, models, finish, on_event) -> None:
+    for task in tasks:
+        model = models[task.model]
+        target = task.to or DEFAULT_TARGET.get(model.framework or "")
+        task.cost = expected_cost(model, target)
+        target_framework = target_for(target, model.framework or "onnx").framework
+        task.preload = preload_modules({model.framework} if model.framework else set(),
+                                       target_framework)
     # longest first: a long model started last would leave the other workers idle at the end
-    tasks.sort(key=lambda t: -expected_cost(models[t.model], t.to or DEFAULT_TARGET.get(
-        models[t.model].framework or "")))
+    tasks.sort(key=lambda t: -t.cost)
 
     def pool_event(kind, worker, task, payload):
         slot = worker.slot if worker is not None else None
@@ -179,4 +183,4 @@ def _run_tasks(tasks, spec, preload, models, finish, on_event) -> None:
             max_rel_error=payload.get("max_rel_error"), seconds=payload.get("seconds", 0.0),
             error=payload.get("error"), notes=payload.get("notes") or []), slot)
 
-    Pool(spec.jobs, preload, spec.timeout, spec.quiet_workers, pool_event).run(tasks)
+    Pool(spec.jobs, BASE_MODULES, spec.timeout, spec.quiet_workers, pool_event).run(tasks)

@@ -5,8 +5,13 @@ frameworks hold global state. The 'spawn' start method, because forking a proces
 imported TensorFlow or torch is unsafe. A worker that crashes or overruns its time limit is
 killed and replaced by the pool; the model it was on is marked failed by the caller.
 
+Workers start with onnx and onnxruntime only and import a framework when a task first needs
+it; the pool hands each worker the tasks whose frameworks it already holds, so with two
+workers one typically imports torch and the other TensorFlow, instead of both paying both
+(about 5 s of CPU each here).
+
 Protocol on each worker's pipe (all tuples):
-  worker -> parent: ("ready",) once the frameworks are imported,
+  worker -> parent: ("ready",) once the base modules are imported,
                     ("progress", task_id, message), ("done", task_id, result_dict)
   parent -> worker: a Task, or None to stop.
 """
@@ -38,13 +43,21 @@ class Task:
     to: str | None
     options: object  # pipeline Options (picklable: progress is set in the worker)
     record: dict = field(default_factory=dict)  # manifest fields (source hash, settings key)
+    preload: list[str] = field(default_factory=list)  # modules to import before converting
+    cost: float = 0.0  # expected seconds (scheduling only)
 
 
 # ---------------------------------------------------------------- inside the worker
+BASE_MODULES = ["onnx", "onnxruntime"]
+# rough CPU seconds of a first import here (shared/ENVIRONMENT.md stack, 2 cores)
+IMPORT_SECONDS = {"torch": 2.5, "onnxscript": 1.5, "onnx2torch": 1.0, "tensorflow": 4.0,
+                  "tf2onnx": 0.5, "onnx2tf": 1.5}
+
+
 def preload_modules(frameworks: set[str], target_framework: str | None) -> list[str]:
-    """Modules a worker imports before taking work: the frameworks and converters the batch
-    needs, torch first (triton must load before TensorFlow, see lazy.py)."""
-    names = ["onnx", "onnxruntime"]
+    """Modules a conversion from `frameworks` to `target_framework` needs imported: the
+    frameworks and converters, torch first (triton must load before TensorFlow, lazy.py)."""
+    names = list(BASE_MODULES)
     sources = set(frameworks)
     targets = {target_framework} if target_framework else {"torch", "tf"}
     needed = sources | targets
@@ -63,6 +76,11 @@ def preload_modules(frameworks: set[str], target_framework: str | None) -> list[
     return names
 
 
+def import_cost(modules) -> float:
+    """Expected seconds to import `modules` in a fresh worker."""
+    return sum(IMPORT_SECONDS.get(name, 0.0) for name in modules)
+
+
 def worker_main(conn, preload: list[str], quiet: bool, threads: int = 0) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
@@ -76,16 +94,7 @@ def worker_main(conn, preload: list[str], quiet: bool, threads: int = 0) -> None
     import warnings
 
     warnings.simplefilter("ignore")
-    from .. import lazy
-
-    lazy._prepare_tensorflow_import()
-    for name in preload:
-        try:
-            lazy.require(name)
-        except Exception:  # the conversion that needs it reports the real error
-            pass
-    if threads and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    _import_modules(preload, threads)
     conn.send(("ready",))
     while True:
         try:
@@ -93,9 +102,29 @@ def worker_main(conn, preload: list[str], quiet: bool, threads: int = 0) -> None
         except (EOFError, OSError):
             return
         if task is None:
-            return
+            # every result and record is already written: skip the frameworks' slow teardown
+            # (seconds for TensorFlow and torch), which the whole batch would otherwise wait for
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        if any(name not in sys.modules for name in task.preload):
+            conn.send(("progress", task.id, "importing frameworks"))
+            _import_modules(task.preload, threads)
         result = convert_task(task, lambda message: conn.send(("progress", task.id, message)))
         conn.send(("done", task.id, result))
+
+
+def _import_modules(names: list[str], threads: int) -> None:
+    """Import what a task needs (lazy.require keeps triton and TensorFlow in a safe order)."""
+    from .. import lazy
+
+    for name in names:
+        try:
+            lazy.require(name)
+        except Exception:  # the conversion that needs it reports the real error
+            pass
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -188,13 +217,18 @@ class Worker:
         self.process.start()
         child.close()
         self.ready = False
+        self.loaded: set[str] = set(preload)  # modules imported in the worker, or on their way
         self.task: Task | None = None
         self.started = 0.0
         self.step = "starting"
 
     def assign(self, task: Task) -> None:
         self.task, self.started, self.step = task, time.monotonic(), "queued"
+        self.loaded.update(task.preload)
         self.conn.send(task)
+
+    def holds(self, task: Task) -> bool:
+        return self.loaded.issuperset(task.preload)
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -230,14 +264,16 @@ class Pool:
         self.start_failures = 0
 
     def run(self, tasks: list[Task]) -> None:
-        pending = list(tasks)
-        pending.reverse()  # pop() from the end keeps the given order
+        pending = list(tasks)  # in priority order
         self.workers = [self._spawn(slot) for slot in range(min(self.jobs, len(tasks)))]
         try:
             while pending or any(w.task for w in self.workers):
                 for worker in self.workers:
                     if worker.ready and worker.task is None and pending:
-                        task = pending.pop()
+                        index = self._pick(worker, pending)
+                        if index is None:
+                            continue  # better left to the workers that hold its frameworks
+                        task = pending.pop(index)
                         worker.assign(task)
                         self.on_event("start", worker, task, None)
                 self._wait_once()
@@ -245,6 +281,24 @@ class Pool:
         finally:
             for worker in self.workers:
                 worker.stop() if worker.ready and worker.task is None else worker.kill()
+
+    def _pick(self, worker: Worker, pending: list[Task]) -> int | None:
+        """Index of the pending task `worker` should take next, or None to stay idle.
+
+        In priority order, the first task whose modules the worker holds, or that no other
+        worker holds, or whose framework is worth importing a second time: the work W waiting
+        for it, shared by its h holders, takes W/h; with this worker too, about
+        (W + import)/(h + 1), which is less when W > h * import."""
+        others = [w for w in self.workers if w is not worker]
+        for index, task in enumerate(pending):
+            holders = sum(1 for w in others if w.holds(task))
+            if worker.holds(task) or holders == 0:
+                return index
+            missing = set(task.preload) - worker.loaded
+            waiting = sum(t.cost for t in pending if missing.intersection(t.preload))
+            if waiting > holders * import_cost(missing):
+                return index
+        return None
 
     def _spawn(self, slot: int) -> Worker:
         return Worker(self.context, self.preload, self.quiet, slot, threads_per_worker(self.jobs))

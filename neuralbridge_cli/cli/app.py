@@ -1,5 +1,4 @@
 """The `neuralbridge` Typer app: global options and command registration."""
-from __future__ import annotations
 
 import os
 import sys

@@ -1,5 +1,4 @@
 """`neuralbridge convert DIR`: the folder-batch flags, the live progress and the summary."""
-from __future__ import annotations
 
 import functools
 import time

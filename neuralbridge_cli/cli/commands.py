@@ -1,5 +1,4 @@
 """The commands: each parses its options, calls the pipeline, and prints."""
-from __future__ import annotations
 
 from typing import Annotated, Optional
 

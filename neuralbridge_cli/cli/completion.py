@@ -7,7 +7,6 @@ argument has no completer, so the shells fall back to file names there.
 
     python -m neuralbridge_cli.cli.completion completions/   # what `make completions` runs
 """
-from __future__ import annotations
 
 import contextlib
 import io

@@ -1,5 +1,4 @@
 """`neuralbridge doctor`: print the environment report; exit 1 when a --route is unavailable."""
-from __future__ import annotations
 
 from typing import Annotated, List, Optional
 

@@ -1,5 +1,4 @@
 """Console handling: results on stdout, diagnostics and progress on stderr, one error mapping."""
-from __future__ import annotations
 
 import functools
 import json

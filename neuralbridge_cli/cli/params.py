@@ -1,5 +1,4 @@
 """Shared option declarations for the commands, and turning them into pipeline Options."""
-from __future__ import annotations
 
 import json
 from enum import Enum

@@ -1,5 +1,4 @@
 """Trust commands: validate two models, compare precisions, diff models, check an input file."""
-from __future__ import annotations
 
 from enum import Enum
 from typing import Annotated, List, Optional

@@ -12,6 +12,7 @@ from neuralbridge_cli.batch.discovery import discover, is_batch_source
 from neuralbridge_cli.batch.reports import BatchReport, ModelResult, junit_xml
 from neuralbridge_cli.batch.runner import output_paths
 from neuralbridge_cli.batch.shard import in_shard, parse_shard, shard_of
+from neuralbridge_cli.batch.workers import BASE_MODULES, Pool, Task, preload_modules
 from neuralbridge_cli.errors import UsageError
 
 
@@ -139,3 +140,45 @@ def test_junit_and_json_reports():
     assert cases["a.onnx"].get("time") == "1.250"
     data = json.loads(json.dumps(report.as_dict()))
     assert data["counts"]["failed"] == 1 and data["ok"] is False and report.exit_code == 1
+
+
+class _FakeWorker:
+    """Stands in for a worker process handle in scheduling tests: only what _pick reads."""
+
+    def __init__(self, loaded):
+        self.loaded = set(BASE_MODULES) | set(loaded)
+
+    def holds(self, task):
+        return self.loaded.issuperset(task.preload)
+
+
+def _task(index, frameworks, cost=8.0):
+    return Task(index, f"m{index}", "s", "o", "onnx", None,
+                preload=preload_modules(set(frameworks), "onnx"), cost=cost)
+
+
+def _pick(worker, others, pending):
+    pool = Pool(2, BASE_MODULES)
+    pool.workers = [worker, *others]
+    return pool._pick(worker, pending)
+
+
+def test_a_free_worker_takes_what_no_other_worker_holds_before_importing_a_second_framework():
+    torch_tasks = [_task(i, {"torch"}, cost=1.0) for i in range(3)]
+    keras = _task(3, {"tf"}, cost=0.5)
+    onnx_only = _task(4, set(), cost=0.2)
+    holder, fresh = _FakeWorker(torch_tasks[0].preload), _FakeWorker([])
+    # priority order is kept for the worker that holds torch
+    assert _pick(holder, [fresh], torch_tasks + [keras]) == 0
+    # 3 s of torch work is not worth a second torch import: the fresh worker takes Keras
+    assert _pick(fresh, [holder], torch_tasks + [keras, onnx_only]) == 3
+    # an ONNX-only model fits any worker
+    assert _pick(fresh, [holder], torch_tasks[:1] + [onnx_only]) == 1
+    # nothing it should take: it waits
+    assert _pick(fresh, [holder], torch_tasks) is None
+
+
+def test_a_worker_imports_another_workers_framework_when_enough_work_waits():
+    holder, fresh = _FakeWorker(preload_modules({"torch"}, "onnx")), _FakeWorker([])
+    many = [_task(i, {"torch"}, cost=3.0) for i in range(4)] + [_task(4, {"tf"}, cost=0.5)]
+    assert _pick(fresh, [holder], many) == 0  # 12 s waits for torch: import it, longest first
