@@ -93,9 +93,10 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith((".nbtmp-", ".nbold-")))
 
 
-# (marker on stderr, delay after it): the save of a 64 MB ONNX file, and just before it
+# (marker on stderr, delay after it): the save of a 64 MB ONNX file, and just before it;
+# all of them run in CI (about a minute in all)
 CI_KILL_POINTS = [("saving", 0.05), ("running the source", 0.0)]
-SLOW_KILL_POINTS = [("loading", 0.0), ("saving", 0.0), ("saving", 0.2), ("saving", 0.5),
+MORE_KILL_POINTS = [("loading", 0.0), ("saving", 0.0), ("saving", 0.2), ("saving", 0.5),
                     ("validating", 0.0), ("saving", 1.0)]
 
 
@@ -128,14 +129,12 @@ def test_sigkill_leaves_previous_file(workdir, marker, delay):
     _kill_case(workdir, marker, delay, previous=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("marker,delay", SLOW_KILL_POINTS)
+@pytest.mark.parametrize("marker,delay", MORE_KILL_POINTS)
 @pytest.mark.parametrize("previous", [True, False])
 def test_sigkill_at_more_moments(workdir, marker, delay, previous):
     _kill_case(workdir, marker, delay, previous)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.5, 2.0])
 def test_sigkill_during_savedmodel_write(workdir, delay):
     source = builders.onnx_mlp(workdir / "m.onnx") and workdir / "m.onnx"
