@@ -5,7 +5,7 @@ exit code, validation error (relative to the output's scale), wall seconds and p
 are recorded. A torch model goes torch -> onnx/tf/tflite, then onnx -> torch/tf from the
 exported ONNX, and tf -> onnx/torch from the TF result (that last one is the round trip
 torch -> tf -> torch, also checked end to end against the original). A Keras model goes
-tf -> onnx/torch/tflite, onnx -> torch/tf, and back torch -> tf (round trip).
+tf -> onnx/torch, onnx -> torch/tf, and back torch -> tf (round trip).
 
 Results are appended to zoo-out/results.jsonl as they come, so an interrupted run resumes
 with --resume. Usage:

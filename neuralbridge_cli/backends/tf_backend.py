@@ -197,9 +197,15 @@ def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
     try:
         interpreter = _tflite_interpreter(path)
+        return _interpreter_specs(interpreter)
     except Exception as exc:
+        # a damaged flatbuffer can open and then fail on reading its tensors (names that
+        # are not UTF-8, bad indices): the same "not readable" error as failing to open
         raise LoadError(f"{path} is not a readable TFLite model: {first_line(exc)}",
                         hint=REEXPORT) from exc
+
+
+def _interpreter_specs(interpreter) -> tuple[list[TensorSpec], list[TensorSpec]]:
     signatures = interpreter.get_signature_list()
     if len(signatures) == 1:
         runner = interpreter.get_signature_runner(next(iter(signatures)))
