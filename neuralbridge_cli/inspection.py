@@ -123,14 +123,20 @@ def _tflite_parameters(path: str) -> int:
     from .backends.onnx_to_tf import _tflite_interpreter
 
     interpreter = _tflite_interpreter(path)
-    try:
-        ops = interpreter._get_ops_details()  # no public API lists op inputs and outputs
-    except AttributeError:
+    if not hasattr(interpreter, "_get_ops_details"):  # no public API lists op inputs/outputs
         return 0
+    try:
+        ops = interpreter._get_ops_details()
+        graph_inputs = {d["index"] for d in interpreter.get_input_details()}
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    except Exception as exc:  # a damaged file whose signatures read but whose tensors do not
+        from .backends.tf_backend import REEXPORT
+        from .errors import LoadError, first_line
+
+        raise LoadError(f"{path} is not a readable TFLite model: {first_line(exc)}",
+                        hint=REEXPORT) from exc
     produced = {t for op in ops for t in op["outputs"]}
-    graph_inputs = {d["index"] for d in interpreter.get_input_details()}
     consumed = {t for op in ops for t in op["inputs"] if t >= 0}
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     constants = consumed - produced - graph_inputs
     return int(sum(np.prod(details[t]["shape"]) for t in constants if t in details))
 
