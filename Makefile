@@ -38,7 +38,7 @@ acceptance: install
 	$(PY) scripts/acceptance.py
 
 zoo: install
-	$(PY) scripts/zoo.py --jobs 2 --resume
+	$(PY) scripts/zoo.py --jobs 2 --resume --results docs/zoo-results.jsonl
 
 # shell completion scripts and the man page, generated from the app (tests fail when stale)
 completions: install

@@ -7,10 +7,11 @@ exported ONNX, and tf -> onnx/torch from the TF result (that last one is the rou
 torch -> tf -> torch, also checked end to end against the original). A Keras model goes
 tf -> onnx/torch, onnx -> torch/tf, and back torch -> tf (round trip).
 
-Results are appended to zoo-out/results.jsonl as they come, so an interrupted run resumes
-with --resume. Usage:
+Results are appended to zoo-out/results.jsonl (`make zoo`: docs/zoo-results.jsonl, kept in
+git) as they come, so an interrupted run resumes with --resume, also in a new clone: a passed
+route whose output a pending route needs is run again when that file is gone. Usage:
     python scripts/zoo.py [--models a,b] [--set ci|full] [--jobs 2] [--resume] [--timeout 1200]
-                          [--work zoo-out] [--report docs/ZOO.md]
+                          [--work zoo-out] [--results F] [--report docs/ZOO.md]
 """
 from __future__ import annotations
 
@@ -226,8 +227,9 @@ def run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
         original = [model.source] + (["--model-args", json.dumps(model.args)]
                                      if model.args else [])
     failed_files = set()
+    rerun = _lost_inputs(model.name, plan, done)
     for route, args, needs in plan:
-        if (model.name, route) in done:
+        if (model.name, route) in done and args[args.index("-o") + 1] not in rerun:
             continue
         if needs in failed_files:
             row = {"exit": -1, "reason": f"skipped: its input {needs} was not produced"}
@@ -239,6 +241,13 @@ def run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
             row["end_to_end"] = end_to_end(original, str(WORK / args[args.index("-o") + 1]),
                                            timeout)
         log(model, route, row)
+
+
+def _lost_inputs(name: str, plan, done: dict) -> set[str]:
+    """Outputs of passed routes that a pending route reads but that are no longer on disk
+    (results kept from another machine or a cleaned work folder): made again first."""
+    pending_needs = {needs for route, _, needs in plan if (name, route) not in done and needs}
+    return {needs for needs in pending_needs if not (WORK / needs).exists()}
 
 
 # ---------------------------------------------------------------- report
@@ -318,6 +327,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep earlier results")
     parser.add_argument("--report", default=str(ROOT / "docs" / "ZOO.md"))
     parser.add_argument("--work", default=str(WORK), help="folder for models and results")
+    parser.add_argument("--results", help="results file (default: WORK/results.jsonl; "
+                        "`make zoo` keeps it in docs/ so a partial run resumes in a new clone)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the recorded results; convert nothing")
     args = parser.parse_args()
@@ -328,7 +339,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown models: {', '.join(unknown)} (known: {', '.join(models)})")
     WORK.mkdir(exist_ok=True)
-    results_path = WORK / "results.jsonl"
+    results_path = Path(args.results).resolve() if args.results else WORK / "results.jsonl"
     if not (args.resume or args.report_only) and results_path.exists():
         results_path.unlink()
     # --resume keeps the conversions that passed; failed ones are tried again

@@ -8,6 +8,7 @@ Used by tests/bad_inputs/test_fuzz.py (a few hundred cases) and scripts/fuzz.py 
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from neuralbridge_cli.options import Options
 from neuralbridge_cli.pipeline import convert
 
 KINDS = ("onnx", "keras", "tflite")
+LAST_CASE = os.environ.get("NB_FUZZ_LAST_CASE")  # path prefix; see run_case
 
 
 def make_seeds(folder: Path, kinds=KINDS) -> dict[str, bytes]:
@@ -87,6 +89,8 @@ def run_case(kind: str, data: bytes, convert_every: int, tally: Tally) -> BaseEx
     """Inspect one mutated file and, for every n-th one that inspects fine, convert it to ONNX;
     return the exception if it is a crash."""
     tally.cases += 1
+    if LAST_CASE:  # kept on disk, so a case that kills the process (a segfault) can be replayed
+        Path(f"{LAST_CASE}.{kind}").write_bytes(data)
     with tempfile.TemporaryDirectory(prefix="nbfuzz-") as folder:
         path = Path(folder) / f"model.{kind}"
         path.write_bytes(data)

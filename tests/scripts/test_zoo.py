@@ -28,3 +28,24 @@ def test_zoo_ci_subset_passes_every_route(tmp_path):
     assert all(r["end_to_end"]["passed"] and r["end_to_end"]["rel"] < 1e-3 for r in trips)
     text = report.read_text()
     assert "**19 of 19 conversions passed** over 3 models." in text
+
+
+def test_resume_in_a_new_clone_remakes_only_the_lost_inputs(tmp_path, monkeypatch):
+    """Results kept in git, work folder gone: a passed route is redone only when a pending
+    route reads its output and that file is missing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zoo_script", ROOT / "scripts" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, zoo)  # dataclasses look their module up
+    spec.loader.exec_module(zoo)
+    monkeypatch.setattr(zoo, "WORK", tmp_path)
+    model = zoo.registry()["resnet18"]
+    plan = zoo.torch_plan(model)
+    passed = {("resnet18", r): {"exit": 0} for r in ("torch->onnx", "torch->tf", "torch->tflite",
+                                                       "onnx->torch")}
+    assert zoo._lost_inputs("resnet18", plan, passed) == {"resnet18.onnx", "resnet18.savedmodel"}
+    (tmp_path / "resnet18.onnx").write_bytes(b"kept")
+    assert zoo._lost_inputs("resnet18", plan, passed) == {"resnet18.savedmodel"}
+    every = {("resnet18", route): {"exit": 0} for route, _, _ in plan}
+    assert zoo._lost_inputs("resnet18", plan, every) == set()
