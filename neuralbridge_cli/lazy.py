@@ -50,10 +50,12 @@ def is_installed(name: str) -> bool:
 
 def require(name: str, purpose: str | None = None) -> ModuleType:
     """Import `name` or raise MissingDependencyError with the install hint."""
+    if name.split(".")[0] in ("torch", "torchvision", "onnx2torch"):
+        # also when the caller imported torch itself: what matters is that TensorFlow is
+        # loaded and triton is not, whatever the order the user's code imported them in
+        _guard_triton_after_tensorflow()
     if name in sys.modules:
         return sys.modules[name]
-    if name.split(".")[0] in ("torch", "torchvision", "onnx2torch"):
-        _guard_triton_after_tensorflow()
     tf_family = name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "onnx2tf", "tf2onnx")
     if tf_family:
         _prepare_tensorflow_import()

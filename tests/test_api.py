@@ -98,6 +98,47 @@ def test_keras_imported_before_neuralbridge_does_not_crash(tmp_path):
     assert "GraphModule" in proc.stdout
 
 
+@pytest.mark.parametrize("imports", ["tensorflow, torch", "torch, tensorflow",
+                                     "neuralbridge_cli, tensorflow, torch"])
+def test_torch_module_converts_when_the_user_imported_tensorflow(imports):
+    """The user's code imported TensorFlow and torch (in any order) before convert_model:
+    torch's exporter must not load triton after TensorFlow (it segfaulted, exit 139)."""
+    import subprocess
+    import sys
+
+    script = (f"import {imports}\n"
+              "import numpy as np\n"
+              "from neuralbridge_cli import convert_model\n"
+              "m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()\n"
+              "x = torch.randn(1, 3, 16, 16)\n"
+              "out = np.asarray(convert_model(m, input_shape=(1, 3, 16, 16))(x.numpy()))\n"
+              "print(float(np.abs(out - m(x).detach().numpy()).max()))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 1e-4
+
+
+def test_cli_model_module_that_imports_tensorflow(tmp_path):
+    """An import path whose module imports TensorFlow first, converted by the CLI."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tfmods.py").write_text(
+        "import tensorflow\nimport torch\n\n"
+        "class Tiny(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x).relu()\n")
+    proc = subprocess.run([sys.executable, "-m", "neuralbridge_cli", "-q", "convert",
+                           "tfmods:Tiny", "--input-shape", "1,3,16,16", "--to", "onnx", "-o",
+                           "t.onnx"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "t.onnx").stat().st_size > 0
+
+
 def test_tf_results_convert_back_to_torch(tmp_path):
     """What convert_model / load_as_tf / tf.saved_model.load return converts back: the live
     converted module (its variables do not freeze in place), the loaded `serve` function
