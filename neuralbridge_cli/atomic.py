@@ -87,6 +87,13 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def discard_output(path: str | Path) -> None:
+    """Remove an output this run wrote (and its `.data` external-weights file)."""
+    path = Path(path)
+    remove(path)
+    remove(path.with_name(path.name + ".data"))
+
+
 @contextmanager
 def atomic_output(path: str | Path, force: bool = False):
     """Yield a temporary path; on success move it to `path` (replacing it only with force)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import formats
-from .atomic import atomic_output, check_output, ensure_space
+from .atomic import atomic_output, check_output, discard_output, ensure_space
 from .doctor import require_route
 from .backends import backend
 from .errors import ConversionError, InputSpecError, NeuralBridgeError, UsageError, first_line
@@ -288,8 +288,8 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
         save_onnx()
     if options.validate and output:
         options.progress(f"validating the saved {target.name} model")
-        saved = _reload(result.output, target, converted, options)
-        result.report = validate(reference, saved, arrays, names, options, label=str(output))
+        result.report = _validate_saved(result, target, converted, reference, arrays, names,
+                                        options)
     result.seconds = time.perf_counter() - started
     if options.validate and result.report is not None:
         check(result.report, result.output)
@@ -333,7 +333,8 @@ def _default_output_names(count: int) -> list[str]:
 
 def _route(handle, target, specs, arrays, reference, names, options, result):
     """Try each ONNX candidate graph until one converts and validates; return (model, proto)."""
-    if handle.framework == target.framework and target.name != "onnx":
+    if handle.framework == target.framework and target.name != "onnx" and \
+            backend(handle.framework).saves_directly(handle, target.name):
         result.route = [handle.framework]
         if options.validate:
             result.report = validate(reference, handle, arrays, names, options, "source")
@@ -429,6 +430,21 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result,
                             f"{renamed} (load it with torch.jit.load)")
         output = str(renamed)
     result.output, result.saved_format = str(output), saved_format
+
+
+def _validate_saved(result, target, converted, reference, arrays, names, options):
+    """Load the written output back and compare it with the source. An output that cannot
+    be loaded or run is useless: it is removed, so a failure leaves nothing behind (only a
+    validation mismatch, exit 3, keeps the output for inspection)."""
+    try:
+        saved = _reload(result.output, target, converted, options)
+        return validate(reference, saved, arrays, names, options, label=result.output)
+    except Exception as exc:  # KeyboardInterrupt passes: the output is whole, keep it
+        discard_output(result.output)
+        raise ConversionError(f"the written {target.name} model {result.output} could not be "
+                              f"loaded back and run, so it was removed: {first_line(exc)}",
+                              hint="run with -v for the details; try another --to or --opset"
+                              ) from exc
 
 
 def _reload(output: str, target: Target, converted: ModelHandle, options) -> ModelHandle:

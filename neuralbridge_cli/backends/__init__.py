@@ -8,6 +8,8 @@ Each backend module provides:
   to_onnx(handle, specs, options) -> iterator of (strategy, onnx.ModelProto)
   from_onnx(proto, specs, options, target) -> ModelHandle   ONNX graph -> this framework
   save(handle, path, target, options) -> str      write a native artifact, returns its format
+  saves_directly(handle, target) -> bool          save() can write this object as `target`
+                                                  (else the pipeline goes through ONNX)
   describe(handle) -> dict                        class, parameter count...
 The table below maps a framework name to its module; modules are imported on first use.
 """

@@ -172,6 +172,11 @@ def from_onnx(proto, specs=None, options=None, target: str = "onnx") -> ModelHan
     return wrap(proto, fmt="onnx")
 
 
+
+def saves_directly(handle: ModelHandle, target: str) -> bool:
+    """Every model of this framework can be saved in each of its formats."""
+    return True
+
 def save(handle: ModelHandle, path: str, target: str = "onnx", options=None) -> str:
     onnx = lazy.onnx()
     proto = handle.obj

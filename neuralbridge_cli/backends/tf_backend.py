@@ -572,6 +572,15 @@ def _layout_perms(source_specs, target_specs, layout: str) -> dict[int, tuple[in
     return perms
 
 
+
+def saves_directly(handle: ModelHandle, target: str) -> bool:
+    """A Keras model saves in every TF format; a SavedModel or tf.Module as SavedModel and
+    TFLite; a TFLite file in none (its graph can only be read back through ONNX)."""
+    if isinstance(handle.obj, TFLiteRunner):
+        return False
+    keras = sys.modules.get("keras")
+    return target not in ("keras", "h5") or (keras is not None and isinstance(handle.obj, keras.Model))
+
 def save(handle: ModelHandle, path: str, target: str, options) -> str:
     obj = handle.obj
     keras = sys.modules.get("keras")
@@ -600,7 +609,10 @@ def _save_saved_model(handle: ModelHandle, path: str, is_keras3: bool) -> str:
         return "savedmodel"
     if handle.saved_object is not None:
         tf = _tf()
-        tf.saved_model.save(handle.saved_object, path)
+        saved = handle.saved_object
+        # a restored SavedModel keeps its serving signature only when it is passed again
+        signatures = dict(getattr(saved, "signatures", {}) or {}) or None
+        tf.saved_model.save(saved, path, signatures=signatures)
         return "savedmodel"
     from . import onnx_to_tf
 

@@ -477,6 +477,11 @@ def from_onnx(proto, specs, options, target: str = "torch") -> ModelHandle:
     return handle
 
 
+
+def saves_directly(handle: ModelHandle, target: str) -> bool:
+    """Every model of this framework can be saved in each of its formats."""
+    return True
+
 def save(handle: ModelHandle, path: str, target: str, options) -> str:
     """Write `.pt2` (ExportedProgram, TorchScript fallback), TorchScript, or a state dict."""
     torch = lazy.torch()

@@ -37,8 +37,23 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._kwargs)
+            self._console = Console(**self._kwargs, width=_pipe_width(self._kwargs))
         return getattr(self._console, name)
+
+
+# Piped or redirected output (CI logs, `> report.txt`, `| tee`) has no width: rich would
+# take 80 columns and cut the numbers of the validation table to "2.86e…". Wide enough
+# for every table instead; a terminal, or COLUMNS, keeps its own width.
+PIPE_WIDTH = 160
+
+
+def _pipe_width(kwargs) -> int | None:
+    stream = sys.stderr if kwargs.get("stderr") else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return None if terminal or os.environ.get("COLUMNS") else PIPE_WIDTH
 
 
 stdout = _LazyConsole(soft_wrap=True)

@@ -74,6 +74,19 @@ def test_no_control_codes_in_pipes(args, relu_onnx):
     assert proc.stdout or proc.stderr
 
 
+def test_validation_table_keeps_its_numbers_in_a_pipe(relu_onnx, tmp_path):
+    """Redirected output (CI logs, > report.txt) has no width: the 9-column table must not be
+    squeezed to 80 columns with its numbers cut to '2.86e…'."""
+    env = {k: v for k, v in clean_env().items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "neuralbridge_cli", "convert", str(relu_onnx),
+                           "--to", "onnx", "-o", str(tmp_path / "r.onnx")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("│ y "))
+    assert "…" not in row and "pass" in row, proc.stdout
+    assert "mean abs error" in proc.stdout and "cosine" in proc.stdout
+
+
 def test_no_color_on_a_terminal():
     assert COLOR_SGR.search(run_in_terminal("doctor"))  # a terminal does get colours...
     for args in (["doctor"], ["--help"], ["inspect", "missing.onnx"]):
