@@ -195,6 +195,12 @@ def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs/outputs in the order run_tflite uses: a signature's sorted names, else tensors."""
     from .onnx_to_tf import _tflite_interpreter
 
+    from .tflite_check import Malformed, check_file
+
+    try:
+        check_file(path)  # the runtime trusts the file: a damaged one can crash the process
+    except (Malformed, OSError) as exc:
+        raise LoadError(f"{path} is not a readable TFLite model: {exc}", hint=REEXPORT) from exc
     try:
         interpreter = _tflite_interpreter(path)
         return _interpreter_specs(interpreter)
