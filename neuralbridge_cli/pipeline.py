@@ -358,7 +358,8 @@ def _route(handle, target, specs, arrays, reference, names, options, result):
         except Exception as exc:  # a converter library's own failure: try the next graph
             errors.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
             continue
-        route = [handle.framework, "onnx"] + ([target.name] if target.framework != "onnx" else [])
+        route = list(dict.fromkeys([handle.framework, "onnx"]))  # an ONNX source: once
+        route += [target.name] if target.framework != "onnx" else []
         candidate = (converted, proto, report, strategy, route)
         if report is None or report.passed:
             best = candidate
@@ -382,9 +383,15 @@ def _route(handle, target, specs, arrays, reference, names, options, result):
 
 def _onnx_candidates(handle, specs, options, result):
     if handle.framework == "onnx":
-        yield "as-is", handle.obj
-        return
-    yield from backend(handle.framework).to_onnx(handle, specs, options)
+        candidates = iter([("as-is", handle.obj)])
+    else:
+        candidates = backend(handle.framework).to_onnx(handle, specs, options)
+    for strategy, proto in candidates:
+        if options.static:  # every exporter's graph, and an ONNX source's, gets fixed shapes
+            from .backends.onnx_backend import fix_input_shapes
+
+            fix_input_shapes(proto, specs)
+        yield strategy, proto
 
 
 def _weight_bytes(handle: ModelHandle) -> int:

@@ -84,6 +84,64 @@ def seeded_init(module, seed: int = 0):
     return module
 
 
+def keras_seeded_init(model, seed: int = 0, sample=None):
+    """The Keras counterpart of `seeded_init`: keras.applications with weights=None output
+    ~1e-11 (BatchNorm at identity statistics shrinks the signal layer by layer), so kernels
+    get N(0, 2/fan_in), biases N(0, 0.01^2), BatchNorm gamma near 1, beta and moving mean
+    near 0, moving variance near 1; then the last layer's kernel is scaled so that the
+    outputs on `sample` (seeded uniform inputs by default) have unit standard deviation."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    last = None
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([_bn_value(layer, i, w, rng) for i, w in enumerate(weights)])
+            continue
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense,
+                              keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            new = []
+            for w in weights:
+                if w.ndim == 1:
+                    new.append(0.01 * rng.standard_normal(w.shape))
+                else:
+                    fan_in = int(np.prod(w.shape[:-1])) if not isinstance(
+                        layer, keras.layers.DepthwiseConv2D) else int(np.prod(w.shape[:2]))
+                    new.append(rng.standard_normal(w.shape) * np.sqrt(2.0 / max(fan_in, 1)))
+            layer.set_weights([w.astype(np.float32) for w in new])
+            last = layer
+    if last is not None:
+        if sample is None:
+            shape = [2 if d is None else d for d in model.inputs[0].shape]
+            sample = np.random.default_rng(seed + 1).random(shape).astype(np.float32)
+        std = float(np.std(np.asarray(model(sample))))
+        if std > 0:
+            weights = last.get_weights()
+            weights[0] = (weights[0] / std).astype(np.float32)
+            if len(weights) > 1:
+                weights[1] = (weights[1] / std).astype(np.float32)
+            last.set_weights(weights)
+    return model
+
+
+def _bn_value(layer, index: int, w, rng):
+    """BatchNormalization weights in Keras order: [gamma], [beta], moving mean, moving var."""
+    import numpy as np
+
+    names = (["gamma"] if layer.scale else []) + (["beta"] if layer.center else []) + \
+        ["mean", "var"]
+    kind = names[index]
+    if kind == "gamma":
+        return (1.0 + 0.05 * rng.standard_normal(w.shape)).astype(np.float32)
+    if kind == "var":
+        return (1.0 + 0.1 * rng.random(w.shape)).astype(np.float32)
+    return (0.05 * rng.standard_normal(w.shape)).astype(np.float32)
+
+
 def torchvision_model(name: str, seed: int = 0):
     """A torchvision classifier by name (resnet18, mobilenet_v3_small, ...), weights=None, seeded."""
     import torchvision

@@ -224,3 +224,29 @@ def test_an_output_that_cannot_be_loaded_back_is_removed(workdir, monkeypatch):
                                               "removed"):
         convert("m.onnx", "onnx", "out.onnx", Options())
     assert sorted(p.name for p in workdir.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("target, name", [("onnx", "s.onnx"), ("tf", "s.savedmodel"),
+                                          ("tflite", "s.tflite")])
+def test_static_fixes_the_batch_of_an_onnx_source(target, name, workdir):
+    """--static was applied by the torch exporter only; an ONNX graph kept its symbolic
+    batch in every target."""
+    models.onnx_mlp(workdir / "m.onnx")
+    result = convert("m.onnx", target, name, Options(static=True))
+    assert result.report.passed and result.report.batch == 1
+    if target == "onnx":
+        import onnx
+
+        dims = onnx.load(str(workdir / name)).graph.input[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    elif target == "tf":
+        import tensorflow as tf
+
+        spec = tf.saved_model.load(str(workdir / name)).signatures["serving_default"]
+        shape = list(next(iter(spec.structured_input_signature[1].values())).shape)
+    else:
+        from neuralbridge_cli.backends.onnx_to_tf import _tflite_interpreter
+
+        shape = list(_tflite_interpreter(str(workdir / name)).get_input_details()[0]
+                     ["shape_signature"])
+    assert shape == [1, 16], shape

@@ -29,6 +29,15 @@ def test_near_zero_outputs_are_flagged():
     assert report.outputs[0].max_rel_error == pytest.approx(2.0)
 
 
+def test_constant_outputs_are_flagged():
+    """Keras MobileNetV2 with weights=None gives 0.001 everywhere: error 0 proves nothing."""
+    ref = np.full((2, 1000), 0.001, np.float32)
+    report = compare_outputs([ref], [ref.copy()], atol=1e-4, rtol=1e-3)
+    assert report.passed and "constant (0.001 everywhere)" in report.outputs[0].note
+    varied = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
+    assert compare_outputs([varied], [varied], atol=1e-4, rtol=1e-3).outputs[0].note == ""
+
+
 def test_shape_count_and_nan_failures():
     ref = np.ones((2, 3), np.float32)
     assert not compare_outputs([ref], [np.ones((2, 4))], atol=1, rtol=1).passed

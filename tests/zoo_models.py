@@ -104,11 +104,15 @@ def gpt_block(vocab: int = 128, d_model: int = 32, heads: int = 4, max_len: int 
 
 # ---------------------------------------------------------------- Keras
 def keras_application(name: str):
-    """keras.applications.<name> with weights=None and raw logits (no softmax), so that
-    validation compares informative numbers rather than a near-uniform distribution."""
+    """keras.applications.<name> with weights=None and raw logits (no softmax), re-initialised
+    by models.keras_seeded_init so that the logits are of order 1 (they are ~1e-11 as built)
+    and validation compares informative numbers."""
     import keras
 
-    return getattr(keras.applications, name)(weights=None, classifier_activation=None)
+    from models import keras_seeded_init
+
+    return keras_seeded_init(getattr(keras.applications, name)(weights=None,
+                                                                classifier_activation=None))
 
 
 def keras_lstm():

@@ -67,6 +67,24 @@ def input_specs(handle: ModelHandle) -> list[TensorSpec]:
     return graph_inputs(handle.obj)
 
 
+def fix_input_shapes(proto, specs: list[TensorSpec]) -> int:
+    """--static: give the graph inputs the concrete shapes of `specs` (matched by position)
+    where the graph leaves a dim symbolic; the converters then build fixed-shape models.
+    Returns how many dims were fixed."""
+    initializers = {init.name for init in proto.graph.initializer}
+    values = [v for v in proto.graph.input if v.name not in initializers]
+    fixed = 0
+    for value, spec in zip(values, specs):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            continue
+        for dim, size in zip(dims, spec.shape):
+            if isinstance(size, int) and not dim.HasField("dim_value"):
+                dim.dim_value = size  # clears dim_param (a oneof)
+                fixed += 1
+    return fixed
+
+
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger
 
 

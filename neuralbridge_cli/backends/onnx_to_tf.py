@@ -831,12 +831,13 @@ def _to_tf_layout(arrays, inputs, layout):
 
 
 def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None = None,
-                       progress: Callable[[str], None] | None = None):
+                       progress: Callable[[str], None] | None = None, static: bool = False):
     """Convert an onnx.ModelProto into a TFConverted (tf.Module with a `serve` tf.function).
 
     layout="keep": same input/output arrays as the ONNX model. layout="nhwc": image-like
-    inputs are taken channels-last; outputs keep the ONNX layout. Raises ConversionError
-    naming the failing ONNX node when every strategy fails.
+    inputs are taken channels-last; outputs keep the ONNX layout. static=True (--static):
+    a graph whose batch is fixed keeps it (by default batch 1 is mapped over any batch).
+    Raises ConversionError naming the failing ONNX node when every strategy fails.
     """
     if layout not in ("keep", "nhwc"):
         raise ValueError(f"layout must be 'keep' or 'nhwc', not {layout!r}")
@@ -854,7 +855,8 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
     os.makedirs(workdir, exist_ok=True)
     try:
         # A graph with batch fixed at 1 is converted at batch 1 and mapped over the batch.
-        fixed_one = (bool(inputs) and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
+        fixed_one = (not static and bool(inputs)
+                     and all(i.rank >= 1 and i.shape[0] == 1 for i in inputs)
                      and all(o.rank >= 1 and o.shape[0] in (1, None) or
                              (o.rank >= 1 and isinstance(o.shape[0], str)) for o in outputs))
         check_arrays = _check_inputs(model_proto, inputs, CHECK_BATCH)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 import sys
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 from .. import lazy
@@ -202,8 +202,9 @@ def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
     except (Malformed, OSError) as exc:
         raise LoadError(f"{path} is not a readable TFLite model: {exc}", hint=REEXPORT) from exc
     try:
-        interpreter = _tflite_interpreter(path)
-        return _interpreter_specs(interpreter)
+        # a signature runner allocates, and TFLite logs "Created ... XNNPACK delegate" on fd 2
+        with nullcontext() if lazy._verbose() else lazy.silenced_stderr():
+            return _interpreter_specs(_tflite_interpreter(path))
     except Exception as exc:
         # a damaged flatbuffer can open and then fail on reading its tensors (names that
         # are not UTF-8, bad indices): the same "not readable" error as failing to open
@@ -505,7 +506,8 @@ def from_onnx(proto, specs, options, target: str = "tf") -> ModelHandle:
 
         # TFLite: onnx2tf's graphs stay within TFLite builtin ops (the Keras one may not)
         module = (_via_keras_builder(proto, specs, options) if target == "tf" else None) or \
-            onnx_to_tf.convert_onnx_to_tf(proto, layout=options.layout, progress=options.progress)
+            onnx_to_tf.convert_onnx_to_tf(proto, layout=options.layout, progress=options.progress,
+                                          static=options.static)
         handle = ModelHandle("tf", module, "live", type(module).__name__, inputs=list(specs))
     handle.input_perms = _layout_perms(specs, handle.inputs, options.layout)
     layouts = getattr(handle.obj, "input_layouts", None)  # onnx_to_tf says it explicitly

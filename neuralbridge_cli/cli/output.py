@@ -193,7 +193,8 @@ class OneLineErrorsGroup(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `neuralbridge`: show help
                 exc.show()
                 sys.exit(exc.exit_code)
-            message = exc.format_message()
+            # this Typer wraps a bad choice as "Value error, 'x' is not one of ...": noise
+            message = exc.format_message().replace(": Value error, ", ": ")
             command = getattr(getattr(exc, "ctx", None), "command_path", None) or "neuralbridge"
             error_line(f"{message} (see {command} --help)")
             if "--json" in argv:
