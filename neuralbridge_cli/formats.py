@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,11 +107,17 @@ def _by_name(name: str) -> Format:
     return FORMATS[key]
 
 
+# what reading a damaged zip can raise besides BadZipFile (found by `make fuzz`:
+# "zip file version 11.9" is a NotImplementedError; an encrypted entry a RuntimeError)
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+              RuntimeError, struct.error, zlib.error)
+
+
 def _sniff_zip(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:
         return None
     if "config.json" in names and any(n.endswith(".weights.h5") for n in names) or "metadata.json" in names and "config.json" in names:
         return "keras"

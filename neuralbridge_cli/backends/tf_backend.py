@@ -35,12 +35,14 @@ UNSAFE_KERAS_HINT = ("if you trust its author, pass --unsafe-keras (Keras safe m
 def _load_keras(path: Path, options) -> ModelHandle:
     import zipfile
 
+    from ..formats import ZIP_ERRORS
+
     keras = lazy.require("keras", "load Keras models")
     try:  # Keras says "File not found" for any unreadable archive: look first
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise LoadError(f"{path} is not a Keras archive (.keras is a zip file): "
                         f"{first_line(exc)}", hint=REEXPORT) from exc
     if "config.json" not in names:

@@ -77,6 +77,8 @@ def _refuse_pickled_pt2(path: Path) -> None:
     refuse such archives unless the user trusts them."""
     import zipfile
 
+    from ..formats import ZIP_ERRORS
+
     try:
         with zipfile.ZipFile(path) as archive:
             for entry in archive.namelist():
@@ -85,7 +87,7 @@ def _refuse_pickled_pt2(path: Path) -> None:
                         f"{path} stores pickled Python objects ({entry.rsplit('/', 1)[-1]}); "
                         "refusing to unpickle them",
                         hint="if you trust its author, pass --trust-pickle (it can run arbitrary code)")
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise LoadError(f"{path} is not a readable .pt2 archive: {first_line(exc)}",
                         hint=REEXPORT) from exc
 
@@ -501,7 +503,8 @@ def describe(handle: ModelHandle) -> dict:
     params = 0
     if hasattr(module, "parameters"):
         params = sum(p.numel() for p in module.parameters())
-        if params == 0:  # converted graphs may hold their weights as buffers
-            params = sum(b.numel() for b in module.buffers() if b.is_floating_point())
+        buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
+        if buffers > params:  # a converted graph holds (most of) its weights as buffers
+            params += buffers
     return {"class": f"{type(module).__module__}.{type(module).__name__}", "parameters": params}
 
