@@ -260,7 +260,9 @@ def describe(handle: ModelHandle) -> dict:
         "class": "onnx.ModelProto",
         "opset": opsets.get("ai.onnx"),
         "opsets": opsets,
-        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        # tf2onnx writes the version string "None" when it has none
+        "producer": " ".join(v for v in (proto.producer_name, proto.producer_version)
+                             if v and v != "None"),
         "ir_version": proto.ir_version,
         "parameters": parameter_count(proto),
         "nodes": len(proto.graph.node),

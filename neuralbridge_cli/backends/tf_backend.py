@@ -666,6 +666,9 @@ def describe(handle: ModelHandle) -> dict:
         return {"class": "SavedModel (serving_default signature)",
                 # None: the weights are graph constants, not checkpoint variables
                 "parameters": count or None}
+    if isinstance(obj, TFLiteRunner):  # inspect counts its constant tensors itself
+        return {"class": "TFLite flatbuffer (run with ai_edge_litert / tf.lite)",
+                "parameters": 0}
     params = 0
     variables = getattr(obj, "weights", None) or getattr(obj, "variables", None)
     if variables is None and handle.saved_object is not None:

@@ -229,7 +229,11 @@ def build_from_import_path(path: str, model_args: dict | None = None):
     for part in attr_path.split("."):
         target = getattr(target, part, None)
         if target is None:
-            raise UsageError(f"{module_name} has no attribute {attr_path!r}")
+            public = sorted(n for n, v in vars(module).items()
+                            if not n.startswith("_") and callable(v))[:12]
+            raise UsageError(f"{module_name} has no attribute {attr_path!r}",
+                             hint=f"write MODULE:CLASS_OR_FACTORY; {module_name} defines "
+                                  f"{', '.join(public) or 'no callables'}")
     try:
         built = target(**(model_args or {}))
     except (Exception, SystemExit) as exc:
