@@ -27,6 +27,7 @@ class ModelHandle:
     input_perms: dict[int, tuple[int, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     saved_object: Any = None  # a loaded SavedModel's root object (tf backend)
+    call_names: list[str] = field(default_factory=list)  # forward()'s positional parameters
 
     @property
     def input_names(self) -> list[str]:

@@ -174,6 +174,7 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
         raise
     if options.input_specs:  # the user's shapes replace what was inferred
         handle.notes = [n for n in handle.notes if not n.startswith("inferred input")]
+        specs = _name_unnamed(specs, model_specs, handle.call_names)
     if not specs:
         raise InputSpecError(
             f"cannot infer the input shape of {handle.name}",
@@ -192,6 +193,16 @@ def resolve_specs(handle: ModelHandle, options: Options) -> list[TensorSpec]:
              for m in model_specs or []]
     handle.inputs = fixed_batch(specs, options.static, fixed)
     return handle.inputs
+
+
+def _name_unnamed(specs, model_specs, forward_names) -> list[TensorSpec]:
+    """Unnamed --input-shape values (input_0, input_1) for a model that lists no inputs of
+    its own take the names of its forward() parameters, when the counts agree."""
+    if model_specs or not specs or not forward_names or len(forward_names) != len(specs):
+        return specs
+    if not all(re.fullmatch(r"input_\d+", s.name) for s in specs):
+        return specs
+    return [replace(s, name=n) for s, n in zip(specs, forward_names)]
 
 
 def run_model(handle: ModelHandle, arrays: list) -> list:

@@ -58,3 +58,15 @@ def test_fixed_batch_dynamic_unless_static():
     specs = [TensorSpec("x", (1, 3, 8, 8))]
     assert fixed_batch(specs, static=False)[0].shape == (None, 3, 8, 8)
     assert fixed_batch(specs, static=True)[0].shape == (1, 3, 8, 8)
+
+
+def test_unnamed_shapes_take_the_forward_parameter_names():
+    """forward(self, x, y) with --input-shape 1,4 --input-shape 1,6: inputs x and y, not
+    input_0 and input_1; named shapes and count mismatches are left alone."""
+    from neuralbridge_cli.pipeline import _name_unnamed
+
+    unnamed = specs_from_flags(["1,4", "1,6"])
+    assert [s.name for s in _name_unnamed(unnamed, None, ["x", "y"])] == ["x", "y"]
+    assert [s.name for s in _name_unnamed(unnamed, None, ["x"])] == ["input_0", "input_1"]
+    named = specs_from_flags(["a:1,4", "b:1,6"])
+    assert [s.name for s in _name_unnamed(named, None, ["x", "y"])] == ["a", "b"]

@@ -303,9 +303,10 @@ def input_specs(handle: ModelHandle) -> list[TensorSpec] | None:
     if handle.inputs:
         return handle.inputs
     spec, note = infer_from_first_layer(handle.obj)
+    names = forward_input_names(handle.obj)
+    handle.call_names = names  # names for unnamed --input-shape values (forward(x, y))
     if spec is None:
         return None
-    names = forward_input_names(handle.obj)
     if len(names) > 1:
         return None  # several inputs: the first layer tells about one of them only
     spec = TensorSpec(names[0] if names else "input", spec.shape, spec.dtype, spec.value_range)
