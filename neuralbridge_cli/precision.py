@@ -232,7 +232,7 @@ class VariantResult:
     """One precision of the model: size, error against fp32, latency."""
 
     precision: str
-    path: str
+    path: str | None  # None when the variants were not kept (no --output-dir)
     size_bytes: int
     max_abs_error: float
     mean_abs_error: float
@@ -270,7 +270,11 @@ def compare_precisions(source, options: Options, precisions=("fp32", "fp16", "in
     folder = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="nb-precision-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return _compare(source, options, list(precisions), target, data, runs, folder)
+        report = _compare(source, options, list(precisions), target, data, runs, folder)
+        if not keep:  # the variants are deleted below: report no paths that will not exist
+            for variant in report.variants:
+                variant.path = None
+        return report
     finally:
         if not keep:
             import shutil
