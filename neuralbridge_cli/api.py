@@ -55,6 +55,8 @@ def convert_model(model: Any, to: str | None = None, *, save: str | Path | None 
     becomes PyTorch; `to` is one of onnx, torch, torchscript, tf, keras, h5, tflite.
     The result is callable in its framework with the same positional inputs and returns
     one tensor for one output (a tuple for several); an ONNX target returns a ModelProto.
+    keras/h5/tflite targets are file formats: the returned object is the TF model they were
+    written from (pass `save=`; `load_as_tf(path)` runs the written .tflite itself).
 
     Options: input_shape, dtype, save (path), save_onnx (path), weights_only, validate
     (default True), atol, rtol, layout ("keep"/"nhwc"), opset, static, force,
