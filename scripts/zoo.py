@@ -110,8 +110,14 @@ def run_cli(args: list[str], timeout: float) -> dict:
         pass
     if code != 0:
         lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-        row["reason"] = (f"timed out after {timeout:.0f} s" if code is None
-                         else (lines or ["no message"])[-1][:240])
+        if code is None:
+            row["reason"] = f"timed out after {timeout:.0f} s"
+        elif code < 0:  # SIGKILL with no message: on this machine, the out-of-memory killer
+            row["reason"] = f"killed by signal {-code}" + (
+                " (no message: most likely the kernel's out-of-memory killer)" if code == -9
+                else "")
+        else:
+            row["reason"] = (lines or ["no message"])[-1][:240]
     return row
 
 
