@@ -388,6 +388,7 @@ def _route(handle, target, specs, arrays, reference, names, options, result):
     converted, proto, report, strategy, route = best
     result.route, result.strategy, result.report = route, strategy, report
     result.notes.extend(n for n in handle.notes if n not in result.notes)  # exporters' notes
+    result.notes.extend(n for n in converted.notes if n not in result.notes)  # converters'
     result.notes.extend(f"fallback: {e}" for e in errors)
     return converted, proto
 

@@ -105,7 +105,8 @@ def run_cli(args: list[str], timeout: float) -> dict:
         data = json.loads(stdout)
         check = data.get("validation") or {}
         row.update(rel=check.get("max_rel_error"), abs=check.get("max_abs_error"),
-                   passed=check.get("passed"), strategy=data.get("strategy"))
+                   passed=check.get("passed"), strategy=data.get("strategy"),
+                   output=data.get("output"))
     except json.JSONDecodeError:
         pass
     if code != 0:
@@ -233,19 +234,24 @@ def run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
         original = [model.source] + (["--model-args", json.dumps(model.args)]
                                      if model.args else [])
     failed_files = set()
+    written = {}  # planned output -> the file the CLI wrote (a .pt2 may come out as .pt)
     rerun = _lost_inputs(model.name, plan, done)
     for route, args, needs in plan:
         if (model.name, route) in done and args[args.index("-o") + 1] not in rerun:
             continue
+        args = [written.get(a, a) for a in args]
         if needs in failed_files:
             row = {"exit": -1, "reason": f"skipped: its input {needs} was not produced"}
         else:
             row = run_cli(args, timeout)
+        planned = args[args.index("-o") + 1]
         if row.get("exit") != 0:
-            failed_files.add(args[args.index("-o") + 1])
-        elif route == "round trip":
-            row["end_to_end"] = end_to_end(original, str(WORK / args[args.index("-o") + 1]),
-                                           timeout)
+            failed_files.add(planned)
+        else:
+            final = Path(row["output"]).name if row.get("output") else planned
+            written[planned] = final
+            if route == "round trip":
+                row["end_to_end"] = end_to_end(original, str(WORK / final), timeout)
         log(model, route, row)
 
 

@@ -60,6 +60,8 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
     7. fold Shape/Size of static dims and every small int tensor computed from static dims;
     8. give Reshape a constant target where it depends on one dynamic dim (-1 there) and
        drop a needless `allowzero=1` (onnx2torch refuses it);
+    8b. turn auto_pad SAME_UPPER/SAME_LOWER (tf2onnx writes it for Keras "same" padding;
+       onnx2torch refuses it) into explicit pads where the spatial input size is known;
     9. give every graph output its own single-output producer (onnx2torch returns a whole
        output tuple for an output of a multi-output node, and cannot return an input);
     10. rename nodes whose names hold characters that break .pt2 serialization;
@@ -90,6 +92,7 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
         fixes["static-shape-fold"] += 1
         fixes["constant-fold"] += _fold_constants(model, _default_opset(model))
     fixes["reshape-static-target"] += _simplify_reshapes(model)
+    fixes["explicit-same-pads"] += _explicit_same_pads(model)
     fixes["output-identity"] += _separate_graph_outputs(model)
     fixes["node-rename"] += _sanitize_node_names(model)
     _remove_dead(model)
@@ -99,6 +102,67 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
         _LOG.info("onnx2torch graph fixes: %s", applied)
         _set_metadata(model, "neuralbridge.onnx2torch_fixes", applied)
     return model
+
+
+_SAME_PAD_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
+def _explicit_same_pads(model) -> int:
+    """auto_pad SAME_* -> explicit `pads`, computed from the input's static spatial size:
+    output size ceil(in / stride); the total padding splits evenly, the odd pixel at the end
+    (SAME_UPPER) or at the start (SAME_LOWER). Nodes whose input size is unknown stay."""
+    from onnx import helper
+
+    types = None
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type not in _SAME_PAD_OPS:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs.get("auto_pad")
+        if mode is None or mode.s not in (b"SAME_UPPER", b"SAME_LOWER"):
+            continue
+        if types is None:
+            types = _value_types(model, True)
+        shape = _dims(types.get(node.input[0]))
+        kernel = _kernel_shape(model, node, attrs)
+        if shape is None or kernel is None or len(shape) != len(kernel) + 2 or \
+                None in shape[2:]:  # the batch and channel dims may be unknown
+            continue
+        rank = len(kernel)
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * rank
+        dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * rank
+        begins, ends = [], []
+        for size, k, s, d in zip(shape[2:], kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            begins.append(small if mode.s == b"SAME_UPPER" else total - small)
+            ends.append(total - begins[-1])
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute("pads", begins + ends)])
+        changed += 1
+    return changed
+
+
+def _dims(tensor_type) -> list[int | None] | None:
+    """Dims of a typed value (None where unknown), or None when its rank is unknown."""
+    if tensor_type is None or not tensor_type.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") else None
+            for d in tensor_type.shape.dim]
+
+
+def _kernel_shape(model, node, attrs) -> list[int] | None:
+    """A pooling node's kernel_shape, or a Conv's (attribute, else its weight's dims)."""
+    if "kernel_shape" in attrs:
+        return list(attrs["kernel_shape"].ints)
+    if node.op_type == "Conv" and len(node.input) > 1:
+        for init in model.graph.initializer:
+            if init.name == node.input[1]:
+                return list(init.dims[2:])
+    return None
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_./-]")

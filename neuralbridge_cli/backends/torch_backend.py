@@ -479,9 +479,36 @@ def _export(module, examples, specs, input_names, names_out, strategy, options):
 def from_onnx(proto, specs, options, target: str = "torch") -> ModelHandle:
     from . import onnx_to_torch
 
+    proto, notes = _sized_for_same_padding(proto, specs)
     module = onnx_to_torch.convert_onnx_to_torch(proto, progress=options.progress)
     handle = ModelHandle("torch", module, "live", type(module).__name__, inputs=list(specs))
+    handle.notes.extend(notes)
     return handle
+
+
+def _sized_for_same_padding(proto, specs):
+    """onnx2torch has no auto_pad SAME_*, and explicit pads need the spatial size: when
+    the graph leaves it unknown, take it from the input specs (the size that is validated).
+    Returns (proto, notes); the proto is a copy only when it changed."""
+    same = any(a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER")
+               for node in proto.graph.node for a in node.attribute)
+    if not same or not specs:
+        return proto, []
+    from dataclasses import replace
+
+    from .onnx_backend import fix_input_shapes
+
+    # unknown non-batch dims as the validation inputs have them (TensorSpec.concrete_shape)
+    specs = [replace(s, shape=s.shape[:1] + s.concrete_shape()[1:]) if s.rank else s
+             for s in specs]
+    onnx = lazy.onnx()
+    sized = onnx.ModelProto()
+    sized.CopyFrom(proto)
+    if not fix_input_shapes(sized, specs):
+        return proto, []
+    sizes = ", ".join(f"{s.name} {s.shape_text()}" for s in specs)
+    return sized, [f"SAME padding made explicit for {sizes}: the PyTorch model expects "
+                   "that size (give another with --input-shape)"]
 
 
 

@@ -410,3 +410,34 @@ def test_tflite_style_node_names_save_a_loadable_pt2(tmp_path):
     reference = lambda x: torch.from_numpy(run_ort(proto, [x.numpy()])[0])  # noqa: E731
     _, fmt = check_roundtrip(reference, [x2], [x3], proto, tmp_path)
     assert fmt == "exported"
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("size", [7, 8])
+def test_same_auto_pad_becomes_explicit_pads(tmp_path, workdir, mode, size):
+    """tf2onnx writes auto_pad SAME_UPPER for Keras "same" padding (Keras MobileNetV3Small)
+    and onnx2torch refuses it; with the spatial size unknown in the graph it comes from the
+    input spec (the validated size). Odd and even sizes, stride 2, conv and pooling."""
+    from neuralbridge_cli.options import Options
+    from neuralbridge_cli.pipeline import convert
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad=mode, strides=[2, 2]),
+         helper.make_node("MaxPool", ["c"], ["y"], auto_pad=mode, kernel_shape=[2, 2],
+                          strides=[2, 2])],
+        "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "h", "w"])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(workdir / "same.onnx"))
+    result = convert("same.onnx", "torch", "same.pt2",
+                     Options(input_specs=[o2t_spec("x", (None, 3, size, size))]))
+    assert result.report.passed and result.report.max_rel_error < 1e-5
+    assert any("SAME padding made explicit" in n for n in result.notes)
+
+
+def o2t_spec(name, shape):
+    from neuralbridge_cli.specs import TensorSpec
+
+    return TensorSpec(name, shape)
