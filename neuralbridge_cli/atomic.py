@@ -26,10 +26,13 @@ _OLD_RE = re.compile(r"^\.nbold-[0-9a-f]{8}-p(\d+)-")
 def check_output(path: str | Path, force: bool) -> Path:
     """Fail early (before any work) if `path` exists without --force or cannot be written."""
     path = Path(path)
-    if path.is_dir() and not ((path / "saved_model.pb").exists() or path.suffix == ".savedmodel"):
-        # never replace a user's folder (".", a project folder) with a model
-        raise UsageError(f"the output {path} is a folder, not a model path",
-                         hint="give a file name, e.g. -o folder/model.onnx")
+    if path.is_dir() and not path.is_symlink() and not _replaceable_folder(path):
+        # never replace a user's folder (".", a project folder, photos.savedmodel/) with a
+        # model, not even with --force: only a SavedModel (or an empty folder) is replaced
+        what = ("is a folder that holds no SavedModel" if path.suffix == ".savedmodel"
+                else "is a folder, not a model path")
+        raise UsageError(f"the output {path} {what}; not replacing it, even with --force",
+                         hint="give a new name, e.g. -o folder/model.onnx")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", hint="pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
@@ -39,6 +42,13 @@ def check_output(path: str | Path, force: bool) -> Path:
                          if not parent.exists() else "choose another -o")
     _probe_writable(parent)
     return path
+
+
+def _replaceable_folder(path: Path) -> bool:
+    """A SavedModel (saved_model.pb/.pbtxt at its top) or an empty folder."""
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        return True
+    return next(path.iterdir(), None) is None
 
 
 def _probe_writable(folder: Path) -> None:

@@ -273,9 +273,16 @@ def convert(source: Any, to: str | None = None, output: str | None = None,
     if output == AUTO:
         output = str(check_output(default_output(handle.name, source, target,
                                                  options.weights_only), options.force))
-    if output and isinstance(source, (str, Path)) and Path(output).exists() and \
-            Path(output).resolve() == Path(str(source)).resolve():
-        raise UsageError(f"the output {output} is the source itself", hint="choose another -o")
+    if output and isinstance(source, (str, Path)) and Path(output).exists():
+        out, src = Path(output).resolve(), Path(str(source)).resolve()
+        if out == src:
+            raise UsageError(f"the output {output} is the source itself", hint="choose another -o")
+        if out.is_dir() and src.is_relative_to(out):  # replacing the folder deletes the source
+            raise UsageError(f"the output {output} contains the source {source}",
+                             hint="choose another -o")
+    if options.save_onnx and output and Path(options.save_onnx).resolve() == Path(output).resolve():
+        raise UsageError(f"--save-onnx {options.save_onnx} is the output itself",
+                         hint="give --save-onnx another path, or leave it out for --to onnx")
     specs = resolve_specs(handle, options)
     arrays = dummy_inputs(specs, DEFAULT_BATCH, seed=0)
     options.progress(f"running the source model on seeded inputs "
@@ -443,7 +450,11 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result,
     if saved_format == "torchscript" and Path(output).suffix == ".pt2":
         # torch.export failed and TorchScript was written: give it the suffix users expect
         renamed = Path(output).with_suffix(".pt")
-        check_output(renamed, options.force)
+        try:
+            check_output(renamed, options.force)
+        except NeuralBridgeError:  # the .pt exists: leave neither it changed nor our .pt2
+            discard_output(output)
+            raise
         Path(output).replace(renamed)
         result.notes.append(f"torch.export could not export this graph; wrote TorchScript "
                             f"{renamed} (load it with torch.jit.load)")
@@ -453,12 +464,21 @@ def _save(converted: ModelHandle, target: Target, output: str, options, result,
 
 def _validate_saved(result, target, converted, reference, arrays, names, options):
     """Load the written output back and compare it with the source. An output that cannot
-    be loaded or run is useless: it is removed, so a failure leaves nothing behind (only a
-    validation mismatch, exit 3, keeps the output for inspection)."""
+    be loaded or run is useless, and one interrupted before it was checked is unchecked:
+    either is removed, so only a validated output (or a mismatch, exit 3, kept for
+    inspection) is left."""
+    from . import interrupts
+
+    interrupts.track(Path(result.output))  # the Ctrl-C watchdog removes it too
     try:
         saved = _reload(result.output, target, converted, options)
-        return validate(reference, saved, arrays, names, options, label=result.output)
-    except Exception as exc:  # KeyboardInterrupt passes: the output is whole, keep it
+        report = validate(reference, saved, arrays, names, options, label=result.output)
+        interrupts.untrack(Path(result.output))
+        return report
+    except KeyboardInterrupt:  # Ctrl-C before the output was checked: do not leave it
+        discard_output(result.output)
+        raise
+    except Exception as exc:
         discard_output(result.output)
         raise ConversionError(f"the written {target.name} model {result.output} could not be "
                               f"loaded back and run, so it was removed: {first_line(exc)}",

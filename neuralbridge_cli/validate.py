@@ -128,13 +128,24 @@ def _compare_one(name, ref, cand, atol, rtol) -> OutputComparison:
         differ = float(np.count_nonzero(ref != cand))
         return OutputComparison(name, tuple(ref.shape), differ, differ / max(ref.size, 1),
                                 1.0, differ == 0, "integer output, compared exactly")
-    ref64 = ref.astype(np.float64)
-    diff = np.abs(ref64 - cand.astype(np.float64))
+    ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
     if not np.all(np.isfinite(cand)) and np.all(np.isfinite(ref)):
         return OutputComparison(name, tuple(ref.shape), float("inf"), float("inf"), 0.0, False,
                                 "the converted model gives NaN/inf")
-    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
-    scale = float(np.max(np.abs(ref64))) if ref.size else 0.0
+    # NaN or inf in the same place in both (log of a negative input, say) is agreement;
+    # only the positions where both are finite are compared as numbers
+    finite = np.isfinite(ref64) & np.isfinite(cand64)
+    agree = ~finite & ((np.isnan(ref64) & np.isnan(cand64)) | (ref64 == cand64))
+    if not np.all(finite | agree):
+        return OutputComparison(name, tuple(ref.shape), float("inf"), float("inf"), 0.0, False,
+                                "NaN/inf where the other model gives a number")
+    skipped = int(finite.size - np.count_nonzero(finite))
+    if skipped:
+        ref64, cand64 = ref64[finite], cand64[finite]
+        cand = cand64
+    diff = np.abs(ref64 - cand64)
+    max_abs = float(np.max(diff)) if diff.size else 0.0
+    scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = max_abs <= atol + rtol * scale
     note = ""
@@ -144,6 +155,8 @@ def _compare_one(name, ref, cand, atol, rtol) -> OutputComparison:
         # e.g. a softmax over untrained logits: any model giving that value would pass
         note = (f"the output is constant ({float(ref64.flat[0]):.3g} everywhere); this check "
                 "cannot tell models apart")
+    if skipped:
+        note = "; ".join(filter(None, [note, f"{skipped} NaN/inf values, the same in both"]))
     return OutputComparison(name, tuple(ref.shape), max_abs, rel, scale, passed, note,
                             mean_abs_error=float(np.nanmean(diff)) if diff.size else 0.0,
                             cosine=_cosine(ref64, cand), top1_agreement=_top1(ref64, cand))

@@ -26,6 +26,7 @@ def test_failure_leaves_previous_file_and_no_temporaries(tmp_path):
 def test_folder_outputs_are_replaced_whole(tmp_path):
     target = tmp_path / "m.savedmodel"
     target.mkdir()
+    (target / "saved_model.pb").write_text("old")  # an earlier SavedModel, with a stale file
     (target / "old.txt").write_text("old")
     with atomic_output(target, force=True) as tmp:
         tmp.mkdir()
@@ -69,3 +70,42 @@ def test_leftovers_of_a_killed_run_are_removed_and_live_ones_kept(tmp_path):
         tmp.write_bytes(b"new")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["m.onnx", other_model.name, live.name])
+
+
+def test_force_never_replaces_a_folder_that_holds_no_savedmodel(tmp_path):
+    """photos.savedmodel/ with the user's files: --force used to delete them."""
+    from neuralbridge_cli.atomic import check_output
+    from neuralbridge_cli.errors import UsageError
+
+    folder = tmp_path / "photos.savedmodel"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "precious.txt").write_text("keep")
+    with pytest.raises(UsageError, match="holds no SavedModel; not replacing it, even with"):
+        check_output(folder, force=True)
+    saved = tmp_path / "real.savedmodel"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"pb")
+    assert check_output(saved, force=True) == saved
+    empty = tmp_path / "empty.savedmodel"
+    empty.mkdir()
+    assert check_output(empty, force=True) == empty
+
+
+def test_an_output_folder_holding_the_source_is_refused(tmp_path, monkeypatch):
+    """-o t.savedmodel --force for the source t.savedmodel/model.onnx deleted the source."""
+    import models
+    from neuralbridge_cli.errors import UsageError
+    from neuralbridge_cli.options import Options
+    from neuralbridge_cli.pipeline import convert
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "t.savedmodel"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"pb")
+    models.onnx_mlp(out / "model.onnx")
+    with pytest.raises(UsageError, match="contains the source"):
+        convert(str(out / "model.onnx"), "tf", str(out), Options(force=True))
+    assert (out / "model.onnx").is_file()
+    with pytest.raises(UsageError, match="is the output itself"):
+        convert(str(out / "model.onnx"), "onnx", "a.onnx", Options(save_onnx="a.onnx"))
+    assert not (tmp_path / "a.onnx").exists()

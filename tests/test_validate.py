@@ -38,6 +38,17 @@ def test_constant_outputs_are_flagged():
     assert compare_outputs([varied], [varied], atol=1e-4, rtol=1e-3).outputs[0].note == ""
 
 
+def test_nan_in_the_same_places_is_agreement():
+    """A Log model on negative inputs: NaN in both at the same positions (was exit 3 with
+    'max abs error 0'); NaN in one only still fails."""
+    ref = np.array([[np.nan, 1.0, 2.0], [0.5, np.nan, -np.inf]], np.float32)
+    report = compare_outputs([ref], [ref + 1e-7], atol=1e-4, rtol=1e-3)
+    assert report.passed and "3 NaN/inf values, the same in both" in report.outputs[0].note
+    other = ref.copy()
+    other[0, 0] = 0.0
+    assert not compare_outputs([ref], [other], atol=1e-4, rtol=1e-3).passed
+
+
 def test_shape_count_and_nan_failures():
     ref = np.ones((2, 3), np.float32)
     assert not compare_outputs([ref], [np.ones((2, 4))], atol=1, rtol=1).passed
