@@ -30,6 +30,9 @@ BIN = Path(sys.executable).with_name("neuralbridge")
 WORK = ROOT / "zoo-out"
 ROUTES = ["torch->onnx", "torch->tf", "torch->tflite", "tf->onnx", "tf->torch",
           "onnx->torch", "onnx->tf", "round trip"]
+TORCH_ROUTES = {"torch->onnx", "torch->tf", "torch->tflite", "tf->onnx", "onnx->torch",
+                "onnx->tf", "round trip"}
+TF_ROUTES = {"tf->onnx", "tf->torch", "onnx->torch", "onnx->tf", "round trip"}
 
 
 @dataclass
@@ -296,9 +299,11 @@ def write_report(results: dict, models: dict[str, ZooModel], path: Path) -> str:
               "| --- | --- | " + " | ".join("---" for _ in ROUTES) + " | --- |"]
     for n in names:
         rows = [results.get((n, r)) for r in ROUTES]
+        applies = TF_ROUTES if models[n].framework == "tf" else TORCH_ROUTES
         peak = max((r.get("peak_mib", 0) for r in rows if r), default=0)
-        lines.append(f"| {n} | {models[n].family} | " + " | ".join(cell(r) for r in rows)
-                     + f" | {peak} |")
+        lines.append(f"| {n} | {models[n].family} | " + " | ".join(
+            cell(row) if row is not None or route not in applies else "not run"
+            for route, row in zip(ROUTES, rows)) + f" | {peak} |")
     for n in not_run:  # listed, never left out: the run stopped before reaching them
         lines.append(f"| {n} | {models[n].family} | " + " | ".join("not run" for _ in ROUTES)
                      + " |  |")
