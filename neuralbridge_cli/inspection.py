@@ -1,7 +1,6 @@
 """`inspect`: describe a model file without converting it (ONNX needs neither torch nor TF)."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from . import formats
@@ -125,8 +124,7 @@ def _tflite_parameters(path: str) -> int:
 
     from . import lazy
 
-    quiet = contextlib.nullcontext() if lazy._verbose() else lazy.silenced_stderr()
-    with quiet:  # TFLite logs its XNNPACK delegate on fd 2
+    with lazy.quiet_stderr():  # TFLite logs its XNNPACK delegate on fd 2
         interpreter = _tflite_interpreter(path)
     if not hasattr(interpreter, "_get_ops_details"):  # no public API lists op inputs/outputs
         return 0

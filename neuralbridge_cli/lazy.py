@@ -101,6 +101,11 @@ def silenced_stderr():
         os.close(devnull)
 
 
+def quiet_stderr():
+    """silenced_stderr() unless --verbose: for native libraries' chatter on fd 2."""
+    return contextlib.nullcontext() if _verbose() else silenced_stderr()
+
+
 def torch() -> ModuleType:
     return require("torch")
 

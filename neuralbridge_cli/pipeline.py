@@ -472,18 +472,17 @@ def _validate_saved(result, target, converted, reference, arrays, names, options
     interrupts.track(Path(result.output))  # the Ctrl-C watchdog removes it too
     try:
         saved = _reload(result.output, target, converted, options)
-        report = validate(reference, saved, arrays, names, options, label=result.output)
-        interrupts.untrack(Path(result.output))
-        return report
-    except KeyboardInterrupt:  # Ctrl-C before the output was checked: do not leave it
+        return validate(reference, saved, arrays, names, options, label=result.output)
+    except BaseException as exc:
         discard_output(result.output)
-        raise
-    except Exception as exc:
-        discard_output(result.output)
+        if not isinstance(exc, Exception):  # Ctrl-C before the output was checked
+            raise
         raise ConversionError(f"the written {target.name} model {result.output} could not be "
                               f"loaded back and run, so it was removed: {first_line(exc)}",
                               hint="run with -v for the details; try another --to or --opset"
                               ) from exc
+    finally:
+        interrupts.untrack(Path(result.output))
 
 
 def _reload(output: str, target: Target, converted: ModelHandle, options) -> ModelHandle:

@@ -746,7 +746,7 @@ def _run_onnx2tf(onnx2tf_pkg, proto, inputs, layout, outdir, kwargs, validation=
         disable_group_convolution=True,
     )
     args.update(kwargs)
-    with _onnx2tf_sandbox(onnx2tf_pkg, validation) as log, _quiet_fds():
+    with _onnx2tf_sandbox(onnx2tf_pkg, validation) as log, lazy.quiet_stderr():
         try:
             return onnx2tf_pkg.convert(**args), log.getvalue()
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
@@ -1076,7 +1076,7 @@ def save_tflite(tf_module, path: str, configure=None) -> str:
                 converter.target_spec.supported_ops = ops
                 if configure is not None:
                     configure(converter, concrete)
-                with _quiet_fds():
+                with lazy.quiet_stderr():
                     blob = converter.convert()
             except Exception as exc:
                 errors.append(f"{variant}, {ops_name}: {_tflite_error(exc)}")
@@ -1136,13 +1136,6 @@ def _tflite_error(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", found[0])[:300] if found else _one_line(exc)
 
 
-def _quiet_fds():
-    """Silence the MLIR converter's C++ chatter on stderr unless NEURALBRIDGE_VERBOSE=1."""
-    if os.environ.get("NEURALBRIDGE_VERBOSE") == "1":
-        return contextlib.nullcontext()
-    return lazy.silenced_stderr()
-
-
 def _tflite_interpreter(path: str, mode: str = "default"):
     """mode: "default" (ai_edge_litert, XNNPACK), "plain" (no default delegates), "flex"
     (tf.lite.Interpreter of full TensorFlow, which links the Flex delegate)."""
@@ -1176,7 +1169,7 @@ def run_tflite(path: str, inputs: list) -> list[np.ndarray]:
     for mode in ("default", "plain", "flex"):
         try:
             # TFLite logs "Created TensorFlow Lite XNNPACK delegate" on fd 2: -v shows it
-            with contextlib.nullcontext() if lazy._verbose() else lazy.silenced_stderr():
+            with lazy.quiet_stderr():
                 return _run_tflite(_tflite_interpreter(path, mode), inputs)
         except (RuntimeError, ValueError) as exc:
             errors.append(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 import sys
-from contextlib import nullcontext, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 from .. import lazy
@@ -205,7 +205,7 @@ def _tflite_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
         raise LoadError(f"{path} is not a readable TFLite model: {exc}", hint=REEXPORT) from exc
     try:
         # a signature runner allocates, and TFLite logs "Created ... XNNPACK delegate" on fd 2
-        with nullcontext() if lazy._verbose() else lazy.silenced_stderr():
+        with lazy.quiet_stderr():
             return _interpreter_specs(_tflite_interpreter(path))
     except Exception as exc:
         # a damaged flatbuffer can open and then fail on reading its tensors (names that
