@@ -356,7 +356,7 @@ def register() -> None:
 # extra arguments.
 #
 # A shape expression is an int, ("dim", k, axis) = sources[k].shape[axis], or
-# (op, a, b) with op in add / sub / mul / div / mod.
+# (op, a, b) with op in add / sub / mul / div / mod / max / min.
 
 def _eval(expr, sources):
     if isinstance(expr, int):
@@ -375,6 +375,10 @@ def _eval(expr, sources):
         return a // b
     if kind == "mod":
         return a % b
+    if kind == "max":
+        return torch.sym_max(a, b)
+    if kind == "min":
+        return torch.sym_min(a, b)
     raise ValueError(f"unknown shape expression {expr!r}")
 
 

@@ -674,7 +674,8 @@ def _fix_reduce_attributes(model, target: int) -> None:
 # --- symbolic values of small integer (shape) tensors ----------------------------------
 # An entry is an int or an expression: ("dim", node_index, axis) = dim `axis` of the input of
 # the Shape node at `node_index` in graph.node, or (op, a, b) with op in add/sub/mul/div/mod.
-_ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Mod": "mod"}
+_ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Mod": "mod",
+          "Max": "max", "Min": "min"}
 
 
 def _arith(op: str, a, b):
@@ -687,7 +688,13 @@ def _arith(op: str, a, b):
             return a * b
         if op == "div":
             return int(a / b) if b else None  # ONNX integer Div truncates
+        if op == "max":
+            return max(a, b)
+        if op == "min":
+            return min(a, b)
         return a % b if b else None
+    if op in ("max", "min") and a == b:
+        return a
     if op == "mul" and (a == 1 or b == 1):
         return b if a == 1 else a
     if op in ("add", "sub") and b == 0:
@@ -695,6 +702,17 @@ def _arith(op: str, a, b):
     if op == "div" and b == 1:
         return a
     return (op, a, b)
+
+
+def _reduces_axis_zero(node, ints) -> bool:
+    """A reduction of a rank-1 value over its only axis (axes absent, [0] or [-1])."""
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = ints(node.input[1])
+        if axes is None:
+            return False
+    noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
+    return axes in ([0], [-1]) or (not axes and not noop)
 
 
 def _broadcast_entries(a, b):
@@ -710,7 +728,8 @@ def _shape_values(model, types, max_len: int = 64):
 
     Follows Shape, Gather (axis 0, constant indices), Slice (axis 0, constant, step 1), Equal, Where,
     Concat, Unsqueeze/Squeeze (rank 0 <-> 1), Reshape to rank <= 1, Cast to an int type,
-    Identity and elementwise Add/Sub/Mul/Div/Mod; other values are unknown (absent)."""
+    Identity, elementwise Add/Sub/Mul/Div/Mod/Max/Min (two inputs) and ReduceProd over a rank-1
+    value (tf2onnx's einsum batch folding); other values are unknown (absent)."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -798,7 +817,14 @@ def _shape_values(model, types, max_len: int = 64):
                 cond, a, b = (v * size if len(v) == 1 else v for v in (cond, a, b))
                 if len(cond) == len(a) == len(b):
                     result = (max(values[i][0] for i in ins), [x if c else y for c, x, y in zip(cond, a, b)])
-            elif op in _ARITH and ins[0] in values and ins[1] in values:
+            elif op == "ReduceProd" and ins[0] in values and values[ins[0]][0] == 1 \
+                    and _reduces_axis_zero(node, ints):
+                product = 1
+                for entry in values[ins[0]][1]:
+                    product = _arith("mul", product, entry)
+                keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+                result = (1 if keep else 0, [product])
+            elif op in _ARITH and len(ins) == 2 and ins[0] in values and ins[1] in values:
                 (ra, a), (rb, b) = values[ins[0]], values[ins[1]]
                 if len(a) == 1 and len(b) > 1:
                     a = a * len(b)

@@ -441,3 +441,34 @@ def o2t_spec(name, shape):
     from neuralbridge_cli.specs import TensorSpec
 
     return TensorSpec(name, shape)
+
+
+def test_reduceprod_and_max_shape_arithmetic_keep_an_exportable_batch(tmp_path):
+    """tf2onnx's einsum lowering (Keras MultiHeadAttention) folds batch axes with
+    ReduceProd(Gather(Shape(x))) and broadcasts them with Max(...): onnx2torch's Reshape reads
+    those as tensor data, torch.export failed on it and the model fell back to TorchScript."""
+    i64 = lambda name, values: numpy_helper.from_array(np.asarray(values, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["x"], ["sx"]),
+        helper.make_node("Shape", ["y"], ["sy"]),
+        helper.make_node("Gather", ["sx", "batch_axes"], ["bx"]),
+        helper.make_node("Gather", ["sy", "batch_axes"], ["by"]),
+        helper.make_node("ReduceProd", ["bx"], ["px"], keepdims=1),
+        helper.make_node("Concat", ["px", "rest"], ["fold"], axis=0),
+        helper.make_node("Reshape", ["x", "fold"], ["xf"]),
+        helper.make_node("Max", ["bx", "by"], ["b"]),
+        helper.make_node("Concat", ["b", "tail"], ["unfold"], axis=0),
+        helper.make_node("Reshape", ["xf", "unfold"], ["xu"]),
+        helper.make_node("Add", ["xu", "y"], ["out"]),
+    ]
+    proto = make_model(nodes, [vinfo("x", ["N", 4, 6, 5]), vinfo("y", ["N", 4, 6, 5])],
+                       [vinfo("out")],
+                       [i64("batch_axes", [0, 1]), i64("rest", [6, 5]), i64("tail", [6, 5])])
+    values = o2t._shape_values(proto, o2t._value_types(proto, True))
+    assert len(values["px"][1]) == 1 and values["px"][0] == 1
+    rng = np.random.default_rng(0)
+    batch = lambda n: [torch.from_numpy(rng.standard_normal((n, 4, 6, 5)).astype(np.float32))  # noqa: E731
+                       for _ in range(2)]
+    reference = lambda x, y: torch.from_numpy(run_ort(proto, [x.numpy(), y.numpy()])[0])  # noqa: E731
+    _, fmt = check_roundtrip(reference, batch(2), batch(3), proto, tmp_path)
+    assert fmt == "exported"
