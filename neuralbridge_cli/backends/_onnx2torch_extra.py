@@ -434,7 +434,10 @@ class NbTile(nn.Module):
         return x.repeat([_eval(e, sources) for e in self.repeats])
 
 
-_BIG = 1 << 62
+# Slice bounds at or past INT32_MAX mean "to the end" (tf2onnx writes 2**31 - 1, torch's
+# exporter INT64_MAX); comparing such a bound with a symbolic batch would cap the batch range
+# and make torch.export refuse the dynamic dim ("Constraints violated").
+_BIG = (1 << 31) - 1
 
 
 class NbSlice(nn.Module):

@@ -52,6 +52,8 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
     3. drop Identity nodes, their users read the source (TorchScript exports route shared
        weights through Identity: onnx2torch `KeyError('onnx::Conv_197')`);
     4. fold nodes whose inputs are all constant (onnx.reference);
+    4b. unroll Loops with a constant trip count and a condition that stays true (tf2onnx's
+       form of a Keras 3 GRU; onnx2torch has no Loop);
     5. decompose ops that have no version before opset 18/20 (Gelu -> Erf form or tanh form,
        Mish -> Softplus/Tanh/Mul);
     6. lower the default-domain opset to `target_opset` (17, the newest onnx2torch knows) with
@@ -82,6 +84,7 @@ def prepare_for_onnx2torch(model_proto, *, target_opset: int = TARGET_OPSET):
     fixes["constant-to-initializer"] += _constants_to_initializers(model)
     fixes["identity-fold"] += _fold_identities(model)
     fixes["constant-fold"] += _fold_constants(model, _default_opset(model))
+    fixes["loop-unroll"] += _unroll_static_loops(model)
     fixes["decompose-new-op"] += _decompose_new_ops(model)
     model, downgraded = _downgrade_opset(model, target_opset)
     if downgraded:
@@ -413,6 +416,121 @@ def _fold_constants(model, opset: int, use_shapes: bool = False) -> int:
         count += 1
     _replace_nodes(graph, keep)
     return count
+
+
+#: unrolling stops at this many copied body nodes (graph size grows with the trip count)
+_UNROLL_MAX_NODES = 50_000
+
+
+def _unroll_static_loops(model) -> int:
+    """Unroll Loop nodes whose trip count is a known constant and whose condition stays true.
+
+    tf2onnx turns a Keras 3 GRU/SimpleRNN (a TF while loop it has no pattern for) into an
+    ONNX Loop, and onnx2torch has no Loop converter. With a static sequence length the loop
+    is a fixed chain of cell steps: the body is copied once per iteration (iteration number
+    as a constant, loop-carried values threaded through, scan outputs stacked with
+    Unsqueeze + Concat). Every condition must fold to a constant true, or nothing changes.
+    Returns the number of loops unrolled."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if not any(n.op_type == "Loop" and n.domain in ("", "ai.onnx") for n in graph.node):
+        return 0
+    onnx = lazy.onnx()
+    trial = onnx.ModelProto()
+    trial.CopyFrom(model)
+    values = _shape_values(trial, _value_types(trial, True))
+    opset = _default_opset(trial)
+    conds: list[str] = []
+    nodes, count = [], 0
+    for node in trial.graph.node:
+        unrolled = None
+        if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+            unrolled = _unrolled_loop(trial, node, values, opset, conds)
+        if unrolled is None:
+            nodes.append(node)
+        else:
+            nodes.extend(unrolled)
+            count += 1
+    if not count:
+        return 0
+    _replace_nodes(trial.graph, nodes)
+    _constants_to_initializers(trial)
+    _fold_identities(trial)
+    _fold_constants(trial, opset)
+    inits = {i.name: i for i in trial.graph.initializer}
+    if not all(c in inits and bool(np.all(numpy_helper.to_array(inits[c]))) for c in conds):
+        _LOG.info("a Loop condition does not fold to a constant: loops left as they are")
+        return 0
+    model.CopyFrom(trial)
+    return count
+
+
+def _unrolled_loop(model, node, values, opset: int, conds: list):
+    """The nodes that replace one Loop (None when it cannot be unrolled); adds initializers and
+    appends to `conds` the names of the conditions that must be true."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    trip = values.get(node.input[0]) if node.input and node.input[0] else None
+    if body is None or trip is None or len(trip[1]) != 1 or not isinstance(trip[1][0], int) \
+            or any(a.type in (5, 10) for b in body.node for a in b.attribute) \
+            or body.sparse_initializer:
+        return None
+    steps = trip[1][0]
+    carried = list(node.input[2:])
+    scans = len(body.output) - 1 - len(carried)
+    if steps < 1 or scans < 0 or steps * len(body.node) > _UNROLL_MAX_NODES:
+        return None
+    graph = model.graph
+    tag = (node.name or node.output[0]).replace("/", "_")
+
+    def add_constant(name, array):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    shared = {init.name: add_constant(f"{tag}/{init.name}", numpy_helper.to_array(init))
+              for init in body.initializer}
+    cond = node.input[1] if len(node.input) > 1 and node.input[1] else \
+        add_constant(f"{tag}/cond_init", np.asarray(True))
+    conds.append(cond)
+    out, scan_values = [], [[] for _ in range(scans)]
+    for k in range(steps):
+        env = dict(shared)
+        env[body.input[0].name] = add_constant(f"{tag}/iter{k}", np.asarray(k, np.int64))
+        env[body.input[1].name] = cond
+        env.update({b.name: v for b, v in zip(body.input[2:], carried)})
+        for b in body.node:
+            copy = helper.make_node(b.op_type, [env.get(i, i) for i in b.input],
+                                    [f"{tag}/{k}/{o}" if o else "" for o in b.output],
+                                    name=f"{tag}/{k}/{b.name or b.op_type}", domain=b.domain)
+            copy.attribute.extend(b.attribute)
+            env.update({o: c for o, c in zip(b.output, copy.output) if o})
+            out.append(copy)
+        results = [env.get(o.name, o.name) for o in body.output]
+        cond = results[0]
+        if k < steps - 1:
+            conds.append(cond)
+        carried = results[1:1 + len(carried)]
+        for s in range(scans):
+            scan_values[s].append(results[1 + len(carried) + s])
+    for name, value in zip(node.output, carried):
+        if name:
+            out.append(helper.make_node("Identity", [value], [name], name=f"{tag}/final/{name}"))
+    axes = add_constant(f"{tag}/axis0", np.asarray([0], np.int64))
+    for s, name in enumerate(node.output[len(carried):]):
+        if not name:
+            continue
+        stacked = []
+        for k, value in enumerate(scan_values[s]):
+            item = f"{tag}/scan{s}/{k}"
+            args = ([value, axes], {}) if opset >= 13 else ([value], {"axes": [0]})
+            out.append(helper.make_node("Unsqueeze", args[0], [item], name=item, **args[1]))
+            stacked.append(item)
+        out.append(helper.make_node("Concat", stacked, [name], axis=0, name=f"{tag}/scan{s}"))
+    return out
 
 
 def _elem_type(types, name, default=1):

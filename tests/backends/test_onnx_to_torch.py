@@ -472,3 +472,52 @@ def test_reduceprod_and_max_shape_arithmetic_keep_an_exportable_batch(tmp_path):
     reference = lambda x, y: torch.from_numpy(run_ort(proto, [x.numpy(), y.numpy()])[0])  # noqa: E731
     _, fmt = check_roundtrip(reference, batch(2), batch(3), proto, tmp_path)
     assert fmt == "exported"
+
+
+@pytest.mark.parametrize("layer", ["GRU", "SimpleRNN"])
+def test_keras_recurrent_loop_from_tf2onnx_is_unrolled(layer, tmp_path):
+    """Keras 3 GRU / SimpleRNN come out of tf2onnx as an ONNX Loop (its rewriters only know
+    the Keras 2 patterns) and onnx2torch has no Loop: with a static sequence length the loop
+    is unrolled, and the saved program keeps a dynamic batch."""
+    from neuralbridge_cli import lazy
+
+    tf = lazy.tensorflow()
+    keras = lazy.require("keras")
+    tf2onnx = lazy.require("tf2onnx")
+    keras.utils.set_random_seed(0)
+    x = keras.Input((7, 6), name="x")
+    seq = getattr(keras.layers, layer)(5, return_sequences=True)(x)
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.Flatten()(seq)))
+    spec = [tf.TensorSpec((None, 7, 6), tf.float32, name="x")]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    assert any(n.op_type == "Loop" for n in proto.graph.node)
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert not any(n.op_type == "Loop" for n in prepared.graph.node)
+    assert "loop-unroll x1" in prepared.metadata_props[-1].value
+    rng = np.random.default_rng(0)
+    batch = lambda n: [torch.from_numpy(rng.standard_normal((n, 7, 6)).astype(np.float32))]  # noqa: E731
+    reference = lambda x: torch.from_numpy(np.array(model(x.numpy())))  # noqa: E731
+    _, fmt = check_roundtrip(reference, batch(2), batch(3), proto, tmp_path)
+    assert fmt == "exported"
+
+
+def test_loop_with_a_data_dependent_condition_is_left_alone():
+    """A Loop that stops on a value computed from the data cannot be unrolled: the graph keeps
+    it and the conversion error names the op."""
+    one = numpy_helper.from_array(np.asarray(1.0, np.float32), "one")
+    limit = numpy_helper.from_array(np.asarray(10.0, np.float32), "limit")
+    trips = numpy_helper.from_array(np.asarray(5, np.int64), "trips")
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+         helper.make_node("ReduceSum", ["v_out"], ["total"], keepdims=0),
+         helper.make_node("Less", ["total", "limit"], ["cond_out"])],
+        "body", [vinfo("i", [], TensorProto.INT64), vinfo("cond_in", [], TensorProto.BOOL),
+                 vinfo("v_in", ["N"])],
+        [vinfo("cond_out", [], TensorProto.BOOL), vinfo("v_out", ["N"])])
+    nodes = [helper.make_node("Constant", [], ["go"], value=numpy_helper.from_array(np.asarray(True))),
+             helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)]
+    proto = make_model(nodes, [vinfo("x", ["N"])], [vinfo("y", ["N"])], [one, limit, trips])
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert [n.op_type for n in prepared.graph.node] == ["Loop"]
+    with pytest.raises(ConversionError, match="Loop"):
+        o2t.convert_onnx_to_torch(proto)
