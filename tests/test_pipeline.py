@@ -250,3 +250,28 @@ def test_static_fixes_the_batch_of_an_onnx_source(target, name, workdir):
         shape = list(_tflite_interpreter(str(workdir / name)).get_input_details()[0]
                      ["shape_signature"])
     assert shape == [1, 16], shape
+
+
+def test_keras_grouped_conv_to_onnx_and_torch(workdir):
+    """Keras 3 runs a grouped Conv2D (ConvNeXtTiny's depthwise convs) through a nested XLA
+    tf.function that tf2onnx cannot read ("variables left as inputs"): traced as a plain
+    Conv2D, it becomes an ONNX Conv with `group`."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((9, 9, 8), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", groups=8, name="depthwise")(x)
+    h = keras.layers.Conv2D(6, 1, groups=2, name="grouped")(h)
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    model.save(workdir / "grouped.keras")
+    for target, name in (("onnx", "grouped.onnx"), ("torch", "grouped.pt2")):
+        result = convert("grouped.keras", target, name, Options())
+        assert result.report.passed and result.report.max_rel_error < 1e-5, target
+    import onnx
+
+    groups = sorted(a.i for n in onnx.load("grouped.onnx").graph.node if n.op_type == "Conv"
+                    for a in n.attribute if a.name == "group")
+    assert groups == [2, 8]
+    sample = [seeded((3, 9, 9, 8))]
+    got = run_plain("torch", workdir / "grouped.pt2", sample, workdir)
+    assert models.rel_error(got[0], np.asarray(model(sample[0]))) < 1e-5

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 import sys
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from .. import lazy
@@ -432,10 +432,40 @@ def _as_tf_function(handle: ModelHandle, specs):
     @tf.function(input_signature=signature)
     def call(*args):
         if is_keras:
-            return obj(list(args) if len(args) > 1 else args[0], training=False)
+            with _keras_convs_without_xla():  # the body runs when tf2onnx traces it
+                return obj(list(args) if len(args) > 1 else args[0], training=False)
         return obj(*args)
 
     return call, signature
+
+
+@contextmanager
+def _keras_convs_without_xla():
+    """Trace Keras 3 convolutions as plain TF ops.
+
+    Keras' TensorFlow backend wraps grouped convolutions (ConvNeXt's depthwise Conv2D with
+    `groups`) in a nested `tf.function(jit_compile=True)` because TF's CPU kernel lacks
+    them; tf2onnx cannot look into that call and leaves its variables as graph inputs. ONNX
+    Conv has groups, so the traced graph only needs the Conv2D op itself."""
+    module = sys.modules.get("keras.src.backend.tensorflow.nn")
+    original = getattr(module, "conv", None)
+    to_tf_format = getattr(module, "_convert_data_format", None)
+    if original is None or to_tf_format is None:
+        yield
+        return
+    from keras.src.backend import standardize_data_format
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        data_format = standardize_data_format(data_format)
+        return _tf().nn.convolution(inputs, kernel, strides, padding.upper(),
+                                    data_format=to_tf_format(data_format, len(inputs.shape)),
+                                    dilations=dilation_rate)
+
+    module.conv = conv
+    try:
+        yield
+    finally:
+        module.conv = original
 
 
 def _replace_erfc(proto) -> None:
