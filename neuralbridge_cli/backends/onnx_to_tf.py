@@ -675,6 +675,68 @@ def _split_batch_shape(proto) -> int:
     return changed
 
 
+def _resize_sizes_to_scales(proto) -> int:
+    """Give Resize constant `scales` where its `sizes` are the input's own batch and channels
+    and static spatial sizes (torch's `F.interpolate(size=...)` exports as
+    Resize(x, sizes=Concat(Shape(x)[:2], [h, w]))).
+
+    onnx2tf 1.28 turns such a computed `sizes` into tf.image.resize's size from a tensor of
+    the wrong rank ("'size' must be a 1-D int32 Tensor") whenever the batch is dynamic (the
+    segmentation head of lraspp, an FPN's top-down path). Where each spatial output size is
+    exactly floor(input size x scale) in float32, the two forms give the same result (with
+    `sizes`, ONNX resizes with scale = output / input)."""
+    from onnx import numpy_helper
+
+    from .onnx_shapes import shape_values, value_types
+
+    resizes = [n for n in proto.graph.node if n.op_type == "Resize" and len(n.input) > 3
+               and n.input[3]]
+    if not resizes:
+        return 0
+    types = value_types(proto, True)
+    values = shape_values(proto, types)
+    shape_of = {}  # Shape node index -> the tensor it reads
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type == "Shape":
+            shape_of[index] = node.input[0]
+    changed = 0
+    for node in resizes:
+        tensor_type = types.get(node.input[0])
+        sizes = values.get(node.input[3])
+        if tensor_type is None or sizes is None or not tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        scales = _exact_scales(node.input[0], dims, sizes[1], shape_of)
+        if scales is None:
+            continue
+        name = f"{node.name or 'resize'}_nb_scales_{changed}"
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(scales, np.float32), name))
+        node.input[2] = name
+        del node.input[3:]  # an empty `sizes` name is a KeyError in onnx2tf
+        changed += 1
+    return changed
+
+
+def _exact_scales(source: str, dims: list, sizes: list, shape_of: dict) -> list | None:
+    """Per-dim scales equivalent to `sizes` for a tensor `source` of shape `dims`, or None."""
+    if len(sizes) != len(dims) or len(dims) < 3:
+        return None
+    scales = []
+    for axis, (dim, size) in enumerate(zip(dims, sizes)):
+        own_dim = isinstance(size, tuple) and size[0] == "dim" and size[2] == axis \
+            and shape_of.get(size[1]) == source
+        if own_dim or (isinstance(size, int) and dim is not None and size == dim):
+            scales.append(1.0)
+        elif axis >= 2 and isinstance(size, int) and size > 0 and dim:
+            scale = np.float32(size / dim)
+            if int(np.floor(np.float32(dim) * scale)) != size:
+                return None
+            scales.append(float(scale))
+        else:
+            return None
+    return scales
+
+
 def _add_lstm_zero_states(proto, batch: int = 1) -> None:
     """Give bidirectional LSTMs without initial_h/initial_c explicit zero states (for graphs
     with a fixed batch): onnx2tf 1.28 indexes initial_h[1] for the backward direction even
@@ -888,6 +950,7 @@ def convert_onnx_to_tf(model_proto, *, layout: str = "keep", workdir: str | None
                 elif not fixed_one:
                     graph = copy.deepcopy(base)
                     _split_batch_shape(graph)
+                    _resize_sizes_to_scales(graph)
                 if key[0]:
                     try:
                         graph = _simplify(graph)

@@ -312,3 +312,53 @@ def test_keras_builder_module_tracks_each_weight_once(cnn, tmp_path):
                                                              / "variables"))
               if name.startswith("model_variables/")]
     assert len(stored) == len(keras_model.variables)
+
+
+def upsampling_head():
+    """`F.interpolate(size=...)` to another feature map's size (bilinear, as in lraspp's
+    segmentation head) and nearest by an odd factor (an FPN's top-down path)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.small = nn.Conv2d(4, 4, 3, stride=3, padding=1)
+
+        def forward(self, x):
+            feat = torch.relu(self.down(x))
+            coarse = self.small(feat)
+            up = F.interpolate(coarse, size=feat.shape[-2:], mode="nearest")
+            return F.interpolate(feat + up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return models.seeded_init(Head())
+
+
+def test_resize_to_computed_sizes_keeps_a_dynamic_batch(tmp_path):
+    """torch's exporter writes Resize(x, sizes=Concat(Shape(x)[:2], [h, w])); onnx2tf fails
+    on that with a dynamic batch ("'size' must be a 1-D int32 Tensor") and the conversion
+    used to fall back to batch 1 mapped over the batch, which TFLite runs only with Select
+    TF ops. With constant scales the first strategy converts it, and the .tflite is plain."""
+    import torch
+
+    proto = export(upsampling_head(), torch.zeros(2, 3, 30, 30), tmp_path / "up.onnx",
+                   dynamo=True)
+    assert sum(1 for n in proto.graph.node if n.op_type == "Resize" and n.input[3]) == 2
+    module = o2t().convert_onnx_to_tf(proto)
+    assert module.strategy == "onnx2tf" and not module.notes
+    x = nchw_images(3, size=30)
+    assert_close(as_list(module(x)), ort_run(proto, [x]))
+    path = tmp_path / "up.tflite"
+    o2t().save_tflite(module, str(path))
+    assert b"Flex" not in path.read_bytes()
+    assert_close(o2t().run_tflite(str(path), [x]), ort_run(proto, [x]))
+
+
+def test_resize_sizes_that_floor_differently_are_left_alone():
+    """7 -> 10 is not floor(7 x float32(10/7)) = 9.99..: such sizes stay sizes."""
+    assert o2t()._exact_scales("x", [None, 4, 7, 7], [1, 4, 10, 10], {}) is None
+    assert o2t()._exact_scales("x", [None, 4, 7, 7], [("dim", 3, 0), 4, 14, 21], {3: "x"}) \
+        == [1.0, 1.0, 2.0, 3.0]
+    assert o2t()._exact_scales("x", [None, 4, 7, 7], [("dim", 3, 0), 4, 14, 14], {3: "other"}) is None
