@@ -1,4 +1,5 @@
-"""Shape facts of an ONNX graph, without running it (shared by the torch and TF backends).
+"""Shape facts of an ONNX graph, without running it, and dead-node removal (shared by the
+torch and TF backends).
 
 `value_types` types every value onnx shape inference can (weights left out, which is what
 makes inference fast on large models); `shape_values` partially evaluates the small int
@@ -244,3 +245,37 @@ def shape_values(model, types, max_len: int = 64):
         if result is not None and len(result[1]) <= max_len:
             values[node.output[0]] = result
     return values
+
+
+def remove_dead(model) -> None:
+    """Drop nodes whose outputs nobody reads, then unused initializers."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+
+    def subgraph_inputs(g, acc):
+        for node in g.node:
+            acc.update(node.input)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    subgraph_inputs(attr.g, acc)
+                for sub in attr.graphs:
+                    subgraph_inputs(sub, acc)
+
+    live = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output if o):
+            live.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    subgraph_inputs(attr.g, needed)
+                for sub in attr.graphs:
+                    subgraph_inputs(sub, needed)
+    live.reverse()
+    if len(live) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(live)
+    if any(init.name not in needed for init in graph.initializer):
+        used = [init for init in graph.initializer if init.name in needed]
+        del graph.initializer[:]
+        graph.initializer.extend(used)

@@ -687,10 +687,15 @@ def _resize_sizes_to_scales(proto) -> int:
     `sizes`, ONNX resizes with scale = output / input)."""
     from onnx import numpy_helper
 
-    from .onnx_shapes import shape_values, value_types
+    from .onnx_shapes import remove_dead, shape_values, value_types
+
+    def plain(node):  # `axes` reorders what sizes mean; a kept aspect ratio needs sizes
+        attrs = {a.name: a for a in node.attribute}
+        policy = attrs["keep_aspect_ratio_policy"].s if "keep_aspect_ratio_policy" in attrs else b"stretch"
+        return "axes" not in attrs and policy == b"stretch"
 
     resizes = [n for n in proto.graph.node if n.op_type == "Resize" and len(n.input) > 3
-               and n.input[3]]
+               and n.input[3] and plain(n)]
     if not resizes:
         return 0
     types = value_types(proto, True)
@@ -714,6 +719,8 @@ def _resize_sizes_to_scales(proto) -> int:
         node.input[2] = name
         del node.input[3:]  # an empty `sizes` name is a KeyError in onnx2tf
         changed += 1
+    if changed:  # onnx2tf converts the unused sizes arithmetic too, and can fail on it
+        remove_dead(proto)
     return changed
 
 

@@ -28,8 +28,8 @@ from typing import Callable
 
 from .. import lazy
 from ..errors import ConversionError
-from .onnx_shapes import light_copy as _light_copy, numel as _numel, shape_values as _shape_values, \
-    static_shape as _static_shape, value_types as _value_types
+from .onnx_shapes import light_copy as _light_copy, numel as _numel, remove_dead as _remove_dead, \
+    shape_values as _shape_values, static_shape as _static_shape, value_types as _value_types
 
 _LOG = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def _fold_constants(model, opset: int, use_shapes: bool = False) -> int:
     return count
 
 
-#: unrolling stops at this many copied body nodes (graph size grows with the trip count)
+#: unrolling stops at this many added nodes and constants (the graph grows with the trip count)
 _UNROLL_MAX_NODES = 50_000
 
 
@@ -383,10 +383,11 @@ def _unroll_static_loops(model) -> int:
     opset = _default_opset(trial)
     conds: list[str] = []
     nodes, count = [], 0
-    for node in trial.graph.node:
+    for index, node in enumerate(trial.graph.node):
         unrolled = None
         if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
-            unrolled = _unrolled_loop(trial, node, values, opset, conds)
+            tag = f"loop{index}_{(node.name or node.output[0]).replace('/', '_')}"
+            unrolled = _unrolled_loop(trial, node, tag, values, opset, conds)
         if unrolled is None:
             nodes.append(node)
         else:
@@ -395,8 +396,8 @@ def _unroll_static_loops(model) -> int:
     if not count:
         return 0
     _replace_nodes(trial.graph, nodes)
+    # no identity folding before the check: it would drop the names the conditions have
     _constants_to_initializers(trial)
-    _fold_identities(trial)
     _fold_constants(trial, opset)
     inits = {i.name: i for i in trial.graph.initializer}
     if not all(c in inits and bool(np.all(numpy_helper.to_array(inits[c]))) for c in conds):
@@ -406,7 +407,7 @@ def _unroll_static_loops(model) -> int:
     return count
 
 
-def _unrolled_loop(model, node, values, opset: int, conds: list):
+def _unrolled_loop(model, node, tag: str, values, opset: int, conds: list):
     """The nodes that replace one Loop (None when it cannot be unrolled); adds initializers and
     appends to `conds` the names of the conditions that must be true."""
     import numpy as np
@@ -421,10 +422,10 @@ def _unrolled_loop(model, node, values, opset: int, conds: list):
     steps = trip[1][0]
     carried = list(node.input[2:])
     scans = len(body.output) - 1 - len(carried)
-    if steps < 1 or scans < 0 or steps * len(body.node) > _UNROLL_MAX_NODES:
+    # every step adds its body, an iteration constant and one Unsqueeze per scan output
+    if steps < 1 or scans < 0 or steps * (len(body.node) + 1 + scans) > _UNROLL_MAX_NODES:
         return None
     graph = model.graph
-    tag = (node.name or node.output[0]).replace("/", "_")
 
     def add_constant(name, array):
         graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
@@ -441,10 +442,11 @@ def _unrolled_loop(model, node, values, opset: int, conds: list):
         env[body.input[0].name] = add_constant(f"{tag}/iter{k}", np.asarray(k, np.int64))
         env[body.input[1].name] = cond
         env.update({b.name: v for b, v in zip(body.input[2:], carried)})
-        for b in body.node:
+        for j, b in enumerate(body.node):
             copy = helper.make_node(b.op_type, [env.get(i, i) for i in b.input],
                                     [f"{tag}/{k}/{o}" if o else "" for o in b.output],
-                                    name=f"{tag}/{k}/{b.name or b.op_type}", domain=b.domain)
+                                    name=f"{tag}/{k}/{b.name or f'{b.op_type}_{j}'}",
+                                    domain=b.domain)
             copy.attribute.extend(b.attribute)
             env.update({o: c for o, c in zip(b.output, copy.output) if o})
             out.append(copy)
@@ -856,39 +858,6 @@ def _separate_graph_outputs(model) -> int:
             count += 1
         seen.add(name)
     return count
-
-
-def _remove_dead(model) -> None:
-    """Drop nodes whose outputs nobody reads, then unused initializers."""
-    graph = model.graph
-    needed = _graph_output_names(graph)
-
-    def subgraph_inputs(g, acc):
-        for node in g.node:
-            acc.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    subgraph_inputs(attr.g, acc)
-                for sub in attr.graphs:
-                    subgraph_inputs(sub, acc)
-
-    live = []
-    for node in reversed(list(graph.node)):
-        if any(o in needed for o in node.output if o):
-            live.append(node)
-            needed.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    subgraph_inputs(attr.g, needed)
-                for sub in attr.graphs:
-                    subgraph_inputs(sub, needed)
-    live.reverse()
-    if len(live) != len(graph.node):
-        _replace_nodes(graph, live)
-    if any(init.name not in needed for init in graph.initializer):
-        used = [init for init in graph.initializer if init.name in needed]
-        del graph.initializer[:]
-        graph.initializer.extend(used)
 
 
 # --------------------------------------------------------------------------------------

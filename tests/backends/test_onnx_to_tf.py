@@ -362,3 +362,23 @@ def test_resize_sizes_that_floor_differently_are_left_alone():
     assert o2t()._exact_scales("x", [None, 4, 7, 7], [("dim", 3, 0), 4, 14, 21], {3: "x"}) \
         == [1.0, 1.0, 2.0, 3.0]
     assert o2t()._exact_scales("x", [None, 4, 7, 7], [("dim", 3, 0), 4, 14, 14], {3: "other"}) is None
+
+
+def test_resize_with_axes_or_a_kept_aspect_ratio_keeps_its_sizes():
+    """Found by an adversarial helper: `axes` reorders what `sizes` mean, and a
+    keep_aspect_ratio_policy other than stretch is defined for sizes only (opset 18)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    for attrs, sizes in (({"axes": [0, 1, 3, 2]}, [3, 2, 12, 8]),
+                         ({"keep_aspect_ratio_policy": "not_larger"}, [3, 2, 8, 12])):
+        nodes = [helper.make_node("Shape", ["x"], ["shape"], end=2),
+                 helper.make_node("Concat", ["shape", "hw"], ["sizes"], axis=0),
+                 helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", **attrs)]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(np.asarray(sizes[2:], np.int64), "hw")])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        x = np.random.default_rng(0).standard_normal((3, 2, 4, 6)).astype(np.float32)
+        want = ort_run(proto, [x])[0]
+        assert o2t()._resize_sizes_to_scales(proto) == 0
+        assert ort_run(proto, [x])[0].shape == want.shape

@@ -521,3 +521,61 @@ def test_loop_with_a_data_dependent_condition_is_left_alone():
     assert [n.op_type for n in prepared.graph.node] == ["Loop"]
     with pytest.raises(ConversionError, match="Loop"):
         o2t.convert_onnx_to_torch(proto)
+
+
+def _accumulating_loop(name, source, result, trips, cond_node=None, extra_nodes=()):
+    """Loop `name`: h <- h + x, `trips` times (`cond_node` computes cond_out from cond_in)."""
+    body_nodes = [*extra_nodes, helper.make_node("Add", ["h", "x"], ["h2"])]
+    cond_out = "c_in"
+    if cond_node is not None:
+        body_nodes.append(cond_node)
+        cond_out = cond_node.output[0]
+    body = helper.make_graph(
+        body_nodes, "body", [vinfo("i", [], TensorProto.INT64), vinfo("c_in", [], TensorProto.BOOL),
+                             vinfo("h", ["N", 4])],
+        [vinfo(cond_out, [], TensorProto.BOOL), vinfo("h2", ["N", 4])])
+    return helper.make_node("Loop", [trips, "go", source], [result], body=body, name=name)
+
+
+def _loop_graph(loops, trips=3):
+    inits = [numpy_helper.from_array(np.asarray(trips, np.int64), "trips"),
+             numpy_helper.from_array(np.asarray(True), "go")]
+    return make_model(loops, [vinfo("x", ["N", 4]), vinfo("h0", ["N", 4])], [vinfo(loops[-1].output[0], ["N", 4])],
+                      inits)
+
+
+@pytest.mark.parametrize("case", ["identity-cond", "same-tag-names", "unnamed-twins"])
+def test_unrolled_loops_match_onnxruntime_in_corner_cases(case):
+    """Found by an adversarial helper: a condition passed through Identity was not recognised
+    as constant; loops named `a/b` and `a_b` (or unnamed body nodes of one op) gave clashing
+    names in the unrolled graph."""
+    if case == "identity-cond":
+        loops = [_accumulating_loop("loop", "h0", "hf", "trips",
+                                    cond_node=helper.make_node("Identity", ["c_in"], ["c_out"]))]
+    elif case == "same-tag-names":
+        loops = [_accumulating_loop("a/b", "h0", "h1", "trips"), _accumulating_loop("a_b", "h1", "hf", "trips")]
+    else:
+        twins = [helper.make_node("Add", ["x", "x"], ["t"]), helper.make_node("Add", ["t", "x"], ["u"])]
+        loops = [_accumulating_loop("", "h0", "hf", "trips", extra_nodes=twins)]
+    proto = _loop_graph(loops)
+    prepared = o2t.prepare_for_onnx2torch(proto)
+    assert not any(n.op_type == "Loop" for n in prepared.graph.node)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    h0 = np.zeros((2, 4), np.float32)
+    want = run_ort(proto, [x, h0])[0]
+    assert np.allclose(run_ort(prepared, [x, h0])[0], want, atol=1e-6)  # a valid graph
+    got = o2t.convert_onnx_to_torch(proto)(torch.from_numpy(x), torch.from_numpy(h0))
+    assert np.allclose(got.numpy(), want, atol=1e-6)
+
+
+def test_unrolling_counts_steps_of_an_empty_body():
+    """A pass-through body has no nodes, yet every step adds a constant and a scan Unsqueeze:
+    a huge trip count must not unroll (200,000 steps used to take a GB)."""
+    body = helper.make_graph([], "body", [vinfo("i", [], TensorProto.INT64), vinfo("c_in", [], TensorProto.BOOL),
+                                          vinfo("h", ["N", 4])],
+                             [vinfo("c_in", [], TensorProto.BOOL), vinfo("h", ["N", 4]), vinfo("i", [], TensorProto.INT64)])
+    loop = helper.make_node("Loop", ["trips", "go", "h0"], ["hf", "steps"], body=body)
+    proto = make_model([loop], [vinfo("h0", ["N", 4])], [vinfo("steps", [200_000], TensorProto.INT64)],
+                       [numpy_helper.from_array(np.asarray(200_000, np.int64), "trips"),
+                        numpy_helper.from_array(np.asarray(True), "go")])
+    assert o2t._unroll_static_loops(proto) == 0
