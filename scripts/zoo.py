@@ -10,7 +10,7 @@ tf -> onnx/torch, onnx -> torch/tf, and back torch -> tf (round trip).
 Results are appended to zoo-out/results.jsonl (`make zoo`: docs/zoo-results.jsonl, kept in
 git) as they come, so an interrupted run resumes with --resume, also in a new clone: a passed
 route whose output a pending route needs is run again when that file is gone. Usage:
-    python scripts/zoo.py [--models a,b] [--set ci|full] [--jobs 2] [--resume] [--timeout 1200]
+    python scripts/zoo.py [--models a,b] [--set ci|full] [--jobs 2] [--resume [--redo]] [--timeout 1200]
                           [--work zoo-out] [--results F] [--report docs/ZOO.md]
 """
 from __future__ import annotations
@@ -359,6 +359,9 @@ def main() -> None:
     parser.add_argument("--work", default=str(WORK), help="folder for models and results")
     parser.add_argument("--results", help="results file (default: WORK/results.jsonl; "
                         "`make zoo` keeps it in docs/ so a partial run resumes in a new clone)")
+    parser.add_argument("--redo", action="store_true",
+                        help="with --resume: run every route of the chosen models again (after a "
+                        "fix), keeping the other models' results")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the recorded results; convert nothing")
     args = parser.parse_args()
@@ -375,6 +378,8 @@ def main() -> None:
     # --resume keeps the conversions that passed; failed ones are tried again
     results = {k: v for k, v in load_results(results_path).items()
                if v.get("exit") == 0 or args.report_only}
+    if args.redo and not args.report_only:
+        results = {k: v for k, v in results.items() if k[0] not in names}
 
     def log(model: ZooModel, route: str, row: dict) -> None:
         row = {"model": model.name, "route": route, **row}
