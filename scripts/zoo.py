@@ -217,8 +217,9 @@ def compare_models(original: list[str], final: str) -> dict:
     first = load_source(original[0], opts)
     specs = resolve_specs(first, opts)
     arrays = dummy_inputs(specs, seed=7)
-    second = load_source(final, Options())
-    resolve_specs(second, Options())
+    # the original's input specs: a TorchScript result (.pt) cannot tell its own shapes
+    second = load_source(final, Options(input_specs=specs))
+    resolve_specs(second, Options(input_specs=specs))
     report = compare_outputs(run_model(first, arrays), run_model(second, arrays),
                              atol=1e-4, rtol=1e-3)
     worst = max(report.outputs, key=lambda o: o.max_rel_error)
@@ -303,10 +304,16 @@ def write_report(results: dict, models: dict[str, ZooModel], path: Path) -> str:
              "`neuralbridge convert` process (max error relative to the output's scale, "
              "default tolerances atol 1e-4 + rtol 1e-3 x scale) and its wall seconds. "
              "`e2e`: the round trip's result against the original model. "
-             "`n/a`: the route does not apply to the source framework.", ""]
-    ok = sum(1 for r in results.values() if r.get("exit") == 0)
-    lines += [f"**{ok} of {len(results)} conversions passed** over {len(names)} models"
-              + (f"; {len(not_run)} models not run yet (listed last)" if not_run else "")
+             "`n/a`: the route does not apply to the source framework. Results accumulate "
+             "over resumed runs (`make zoo` retries only failed or missing routes; `--redo` "
+             "runs a model again after a fix), so rows may come from different runs; seconds "
+             "are wall time on a shared machine.", ""]
+    ok = sum(1 for (n, _), r in results.items() if n in models and r.get("exit") == 0)
+    total = sum(len(TF_ROUTES if m.framework == "tf" else TORCH_ROUTES) for m in models.values())
+    missing = total - sum(1 for (n, _) in results if n in models)
+    lines += [f"**{ok} of {total} conversions passed** over {len(models)} models"
+              + (f"; {missing} not run yet" if missing else "")
+              + (f" ({len(not_run)} models not started, listed last)" if not_run else "")
               + ".", ""]
     lines += ["| model | family | " + " | ".join(ROUTES) + " | peak MiB |",
               "| --- | --- | " + " | ".join("---" for _ in ROUTES) + " | --- |"]

@@ -530,3 +530,24 @@ class NbUnsqueeze(nn.Module):
         for dim in sorted(a % rank for a in self.axes):
             x = torch.unsqueeze(x, dim)
         return x
+
+
+class NbResize(nn.Module):
+    """ONNX Resize to `sizes` known up to the input's own batch and channel dims (torch's
+    `F.interpolate(size=...)` export): onnx2torch reads the sizes tensor as data, which
+    torch.export cannot trace with a dynamic batch."""
+
+    _MODES = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",
+              ("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear",
+              ("cubic", 2): "bicubic"}
+
+    def __init__(self, sizes, onnx_mode: str, align_corners):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.onnx_mode = onnx_mode
+        self.align_corners = align_corners
+
+    def forward(self, x, *sources):
+        mode = self._MODES[(self.onnx_mode, x.dim() - 2)]
+        size = [_eval(e, sources) for e in self.sizes[2:]]
+        return torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)

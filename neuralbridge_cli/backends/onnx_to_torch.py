@@ -928,7 +928,7 @@ def convert_onnx_to_torch(model_proto, *, progress: Callable[[str], None] | None
 _SHAPE_INPUTS = {  # ONNX op -> indices of inputs that are shapes / indices read as Python values
     "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Tile": (1,),
     "Slice": (1, 2, 3, 4), "Split": (1,), "Range": (0, 1, 2), "Pad": (1,),
-    "Squeeze": (1,), "Unsqueeze": (1,),
+    "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (3,),
 }
 
 
@@ -1019,6 +1019,10 @@ def _export_friendly(module, prepared) -> int:
                     continue
                 new = extra.NbRange(*(spec[0] for spec in specs),
                                     torch.int64 if out_type.elem_type == 7 else torch.int32)
+            elif op == "Resize":
+                new = _export_friendly_resize(module, fx_node, node, graph, values, types, specs[0])
+                if new is None:
+                    continue
             elif op == "Pad":
                 mode = attrs["mode"].s.decode() if "mode" in attrs else "constant"
                 value = 0.0
@@ -1047,6 +1051,28 @@ def _export_friendly(module, prepared) -> int:
         module.recompile()
         module.delete_all_unused_submodules()
     return count
+
+
+def _export_friendly_resize(module, fx_node, node, graph, values, types, spec):
+    """An NbResize for onnx2torch's Resize module when `sizes` keeps the input's own batch and
+    channels (interpolate resizes the other dims only), else None. `spec` is the sizes
+    expression remapped to the replacement's sources."""
+    from . import _onnx2torch_extra as extra
+
+    old = module.get_submodule(fx_node.target)
+    raw = values.get(node.input[3], (None, None))[1]
+    tensor_type = types.get(node.input[0])
+    if type(old).__name__ != "OnnxResize" or raw is None or len(raw) < 3 or tensor_type is None \
+            or (len(node.input) > 1 and node.input[1] and not old.ignore_roi):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    for axis, entry in enumerate(raw[:2]):
+        own = isinstance(entry, tuple) and entry[0] == "dim" and entry[2] == axis \
+            and graph.node[entry[1]].input[0] == node.input[0]
+        static = isinstance(entry, int) and axis < len(dims) and dims[axis] == entry
+        if not (own or static):
+            return None
+    return extra.NbResize(spec, old.onnx_mode, old.align_corners)
 
 
 def _check_converters(model) -> None:

@@ -579,3 +579,29 @@ def test_unrolling_counts_steps_of_an_empty_body():
                        [numpy_helper.from_array(np.asarray(200_000, np.int64), "trips"),
                         numpy_helper.from_array(np.asarray(True), "go")])
     assert o2t._unroll_static_loops(proto) == 0
+
+
+def test_interpolate_to_computed_sizes_exports_with_a_dynamic_batch(tmp_path):
+    """`F.interpolate(size=...)` exports as Resize(x, sizes=Concat(Shape(x)[:2], [h, w]));
+    onnx2torch reads those sizes as tensor data and torch.export failed on it (lraspp, an
+    FPN backbone: TorchScript fallback). Bilinear and nearest, to another map's size."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.small = nn.Conv2d(4, 4, 3, stride=3, padding=1)
+
+        def forward(self, x):
+            feat = torch.relu(self.down(x))
+            up = F.interpolate(self.small(feat), size=feat.shape[-2:], mode="nearest")
+            return F.interpolate(feat + up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    model = seeded_init(Head())
+    x2, x3 = seeded_input((2, 3, 30, 30)), seeded_input((3, 3, 30, 30), seed=1)
+    proto = export_onnx(model, [x2], tmp_path / "head.onnx", dynamo=True)
+    assert sum(1 for n in proto.graph.node if n.op_type == "Resize") == 2
+    _, fmt = check_roundtrip(model, [x2], [x3], proto, tmp_path)
+    assert fmt == "exported"
