@@ -217,9 +217,10 @@ def compare_models(original: list[str], final: str) -> dict:
     first = load_source(original[0], opts)
     specs = resolve_specs(first, opts)
     arrays = dummy_inputs(specs, seed=7)
-    # the original's input specs: a TorchScript result (.pt) cannot tell its own shapes
-    second = load_source(final, Options(input_specs=specs))
-    resolve_specs(second, Options(input_specs=specs))
+    # a TorchScript result (.pt) cannot tell its own input shapes: the original's specs
+    final_options = Options(input_specs=specs) if final.endswith(".pt") else Options()
+    second = load_source(final, final_options)
+    resolve_specs(second, final_options)
     report = compare_outputs(run_model(first, arrays), run_model(second, arrays),
                              atol=1e-4, rtol=1e-3)
     worst = max(report.outputs, key=lambda o: o.max_rel_error)
