@@ -274,3 +274,24 @@ def onnx_custom_op(path):
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def upsampling_head():
+    """`F.interpolate(size=...)` to another feature map's size: nearest by an odd factor (an
+    FPN's top-down path) and bilinear back to the input size (lraspp's segmentation head)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.small = nn.Conv2d(4, 4, 3, stride=3, padding=1)
+
+        def forward(self, x):
+            feat = torch.relu(self.down(x))
+            up = F.interpolate(self.small(feat), size=feat.shape[-2:], mode="nearest")
+            return F.interpolate(feat + up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return seeded_init(Head())

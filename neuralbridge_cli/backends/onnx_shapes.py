@@ -252,25 +252,18 @@ def remove_dead(model) -> None:
     graph = model.graph
     needed = {o.name for o in graph.output}
 
-    def subgraph_inputs(g, acc):
-        for node in g.node:
-            acc.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    subgraph_inputs(attr.g, acc)
-                for sub in attr.graphs:
-                    subgraph_inputs(sub, acc)
+    def read_by(node, acc):  # a node's inputs, and those of its subgraphs (outer-scope reads)
+        acc.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for inner in sub.node:
+                    read_by(inner, acc)
 
     live = []
     for node in reversed(list(graph.node)):
         if any(o in needed for o in node.output if o):
             live.append(node)
-            needed.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    subgraph_inputs(attr.g, needed)
-                for sub in attr.graphs:
-                    subgraph_inputs(sub, needed)
+            read_by(node, needed)
     live.reverse()
     if len(live) != len(graph.node):
         del graph.node[:]

@@ -314,28 +314,6 @@ def test_keras_builder_module_tracks_each_weight_once(cnn, tmp_path):
     assert len(stored) == len(keras_model.variables)
 
 
-def upsampling_head():
-    """`F.interpolate(size=...)` to another feature map's size (bilinear, as in lraspp's
-    segmentation head) and nearest by an odd factor (an FPN's top-down path)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Head(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-            self.small = nn.Conv2d(4, 4, 3, stride=3, padding=1)
-
-        def forward(self, x):
-            feat = torch.relu(self.down(x))
-            coarse = self.small(feat)
-            up = F.interpolate(coarse, size=feat.shape[-2:], mode="nearest")
-            return F.interpolate(feat + up, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    return models.seeded_init(Head())
-
-
 def test_resize_to_computed_sizes_keeps_a_dynamic_batch(tmp_path):
     """torch's exporter writes Resize(x, sizes=Concat(Shape(x)[:2], [h, w])); onnx2tf fails
     on that with a dynamic batch ("'size' must be a 1-D int32 Tensor") and the conversion
@@ -343,7 +321,7 @@ def test_resize_to_computed_sizes_keeps_a_dynamic_batch(tmp_path):
     TF ops. With constant scales the first strategy converts it, and the .tflite is plain."""
     import torch
 
-    proto = export(upsampling_head(), torch.zeros(2, 3, 30, 30), tmp_path / "up.onnx",
+    proto = export(models.upsampling_head(), torch.zeros(2, 3, 30, 30), tmp_path / "up.onnx",
                    dynamo=True)
     assert sum(1 for n in proto.graph.node if n.op_type == "Resize" and n.input[3]) == 2
     module = o2t().convert_onnx_to_tf(proto)

@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from models import rel_error, seeded_init, seeded_input, small_cnn, text_lstm, torchvision_model, \
-    transformer_encoder
+    transformer_encoder, upsampling_head
 from neuralbridge_cli.backends import onnx_to_torch as o2t
 from neuralbridge_cli.errors import ConversionError
 
@@ -585,21 +585,7 @@ def test_interpolate_to_computed_sizes_exports_with_a_dynamic_batch(tmp_path):
     """`F.interpolate(size=...)` exports as Resize(x, sizes=Concat(Shape(x)[:2], [h, w]));
     onnx2torch reads those sizes as tensor data and torch.export failed on it (lraspp, an
     FPN backbone: TorchScript fallback). Bilinear and nearest, to another map's size."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Head(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-            self.small = nn.Conv2d(4, 4, 3, stride=3, padding=1)
-
-        def forward(self, x):
-            feat = torch.relu(self.down(x))
-            up = F.interpolate(self.small(feat), size=feat.shape[-2:], mode="nearest")
-            return F.interpolate(feat + up, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    model = seeded_init(Head())
+    model = upsampling_head()
     x2, x3 = seeded_input((2, 3, 30, 30)), seeded_input((3, 3, 30, 30), seed=1)
     proto = export_onnx(model, [x2], tmp_path / "head.onnx", dynamo=True)
     assert sum(1 for n in proto.graph.node if n.op_type == "Resize") == 2
