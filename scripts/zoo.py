@@ -239,6 +239,9 @@ def run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
 
 
 def _run_model_routes(model: ZooModel, done: dict, timeout: float, log) -> None:
+    routes = TF_ROUTES if model.framework == "tf" else TORCH_ROUTES
+    if all((model.name, route) in done for route in routes):
+        return  # nothing pending: not even the Keras source is rebuilt
     if model.framework == "tf":
         try:
             keras_file = prepare_keras(model)
