@@ -247,6 +247,20 @@ def shape_values(model, types, max_len: int = 64):
     return values
 
 
+def dims_of(tensor_type) -> list:
+    """The dims of a typed value: ints, None where dynamic."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+
+
+def keeps_dim(entry, axis: int, source: str, dims: list, shape_input) -> bool:
+    """True when the shape-value `entry` is dim `axis` of `source` itself: read by a Shape
+    node of `source` (`shape_input(node_index)` names the tensor a Shape node reads), or
+    equal to that dim's static size."""
+    if isinstance(entry, tuple):
+        return entry[0] == "dim" and entry[2] == axis and shape_input(entry[1]) == source
+    return isinstance(entry, int) and axis < len(dims) and dims[axis] == entry
+
+
 def remove_dead(model) -> None:
     """Drop nodes whose outputs nobody reads, then unused initializers."""
     graph = model.graph

@@ -687,7 +687,7 @@ def _resize_sizes_to_scales(proto) -> int:
     `sizes`, ONNX resizes with scale = output / input)."""
     from onnx import numpy_helper
 
-    from .onnx_shapes import remove_dead, shape_values, value_types
+    from .onnx_shapes import dims_of, remove_dead, shape_values, value_types
 
     def plain(node):  # `axes` reorders what sizes mean; a kept aspect ratio needs sizes
         attrs = {a.name: a for a in node.attribute}
@@ -710,8 +710,7 @@ def _resize_sizes_to_scales(proto) -> int:
         sizes = values.get(node.input[3])
         if tensor_type is None or sizes is None or not tensor_type.HasField("shape"):
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-        scales = _exact_scales(node.input[0], dims, sizes[1], shape_of)
+        scales = _exact_scales(node.input[0], dims_of(tensor_type), sizes[1], shape_of)
         if scales is None:
             continue
         name = f"{node.name or 'resize'}_nb_scales_{changed}"
@@ -726,13 +725,13 @@ def _resize_sizes_to_scales(proto) -> int:
 
 def _exact_scales(source: str, dims: list, sizes: list, shape_of: dict) -> list | None:
     """Per-dim scales equivalent to `sizes` for a tensor `source` of shape `dims`, or None."""
+    from .onnx_shapes import keeps_dim
+
     if len(sizes) != len(dims) or len(dims) < 3:
         return None
     scales = []
     for axis, (dim, size) in enumerate(zip(dims, sizes)):
-        own_dim = isinstance(size, tuple) and size[0] == "dim" and size[2] == axis \
-            and shape_of.get(size[1]) == source
-        if own_dim or (isinstance(size, int) and dim is not None and size == dim):
+        if keeps_dim(size, axis, source, dims, shape_of.get):
             scales.append(1.0)
         elif axis >= 2 and isinstance(size, int) and size > 0 and dim:
             scale = np.float32(size / dim)

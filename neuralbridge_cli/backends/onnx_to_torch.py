@@ -1058,6 +1058,7 @@ def _export_friendly_resize(module, fx_node, node, graph, values, types, spec):
     channels (interpolate resizes the other dims only), else None. `spec` is the sizes
     expression remapped to the replacement's sources."""
     from . import _onnx2torch_extra as extra
+    from .onnx_shapes import dims_of, keeps_dim
 
     old = module.get_submodule(fx_node.target)
     raw = values.get(node.input[3], (None, None))[1]
@@ -1065,13 +1066,10 @@ def _export_friendly_resize(module, fx_node, node, graph, values, types, spec):
     if type(old).__name__ != "OnnxResize" or raw is None or len(raw) < 3 or tensor_type is None \
             or (len(node.input) > 1 and node.input[1] and not old.ignore_roi):
         return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    for axis, entry in enumerate(raw[:2]):
-        own = isinstance(entry, tuple) and entry[0] == "dim" and entry[2] == axis \
-            and graph.node[entry[1]].input[0] == node.input[0]
-        static = isinstance(entry, int) and axis < len(dims) and dims[axis] == entry
-        if not (own or static):
-            return None
+    dims = dims_of(tensor_type)
+    if not all(keeps_dim(entry, axis, node.input[0], dims, lambda k: graph.node[k].input[0])
+               for axis, entry in enumerate(raw[:2])):
+        return None
     return extra.NbResize(spec, old.onnx_mode, old.align_corners)
 
 
