@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 import sys
 from contextlib import contextmanager, redirect_stdout
@@ -350,10 +351,11 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
     else:
         strategies = ("frozen-graph", "function")
     errors = []
+    large = _weight_bytes(handle) > _LARGE_WEIGHT_BYTES
     for strategy in strategies:
         options.progress(f"converting to ONNX with tf2onnx ({strategy}, opset {opset})")
         try:
-            with redirect_stdout(io.StringIO()), _tf2onnx_collecting_garbage():
+            with redirect_stdout(io.StringIO()), _tf2onnx_collecting_garbage(large):
                 proto = _TF2ONNX_STRATEGIES[strategy](tf2onnx, handle, specs, opset)
             _check_graph_inputs(proto, specs)
         except Exception as exc:
@@ -366,22 +368,46 @@ def to_onnx(handle: ModelHandle, specs: list[TensorSpec], options):
         raise ConversionError("tf2onnx failed: " + " | ".join(errors))
 
 
+#: above this much weight data, tf2onnx's dropped graph copies are collected after each pass
+_LARGE_WEIGHT_BYTES = 200 << 20
+
+
+def _weight_bytes(handle: ModelHandle) -> int:
+    """The model's weight bytes: its variables, else the size of its files on disk."""
+    import numpy as np
+
+    try:
+        variables = list(getattr(handle.obj, "variables", None) or [])
+        if variables:  # Keras 3 names dtypes by string, tf.Variable by tf.DType
+            return sum(math.prod(int(d) for d in v.shape)
+                       * np.dtype(getattr(v.dtype, "as_numpy_dtype", v.dtype)).itemsize
+                       for v in variables)
+    except Exception:  # an object without readable variables: measure its files
+        pass
+    path = Path(handle.source) if handle.source else None
+    if path is None or not path.exists():
+        return 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
 @contextmanager
-def _tf2onnx_collecting_garbage():
+def _tf2onnx_collecting_garbage(enabled: bool = True):
     """Free tf2onnx's discarded graph copies after every optimizer pass.
 
     tf2onnx deep-copies the whole graph, weights included, before each of its optimizer passes
     (a dozen per round, several rounds). The copies it drops hold reference cycles, which only
     Python's cyclic collector frees, and large arrays do not trigger a collection: Keras VGG16
     (138M parameters) grew past 21 GB and was OOM-killed; collecting before each pass keeps
-    its peak at about 9.5 GB."""
+    its peak at about 9.5 GB. A full collection costs about 0.2 s with the frameworks loaded,
+    some 6 s per conversion, so only large models (`enabled`) pay it."""
     import gc
     from collections import OrderedDict
 
     from tf2onnx import optimizer
 
     original = getattr(optimizer, "_optimizers", None)
-    if not isinstance(original, dict):
+    if not enabled or not isinstance(original, dict):
         yield
         return
 
